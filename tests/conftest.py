@@ -1,0 +1,27 @@
+"""Test-wide settings: offline, temporary caches, small deterministic torch."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+_CACHE = tempfile.mkdtemp(prefix="dwgf-sci-test-cache-")
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ.setdefault("XDG_CACHE_HOME", os.path.join(_CACHE, "xdg"))
+os.environ.setdefault("TORCH_HOME", os.path.join(_CACHE, "torch"))
+os.environ.setdefault("MPLCONFIGDIR", os.path.join(_CACHE, "mpl"))
+os.environ.setdefault("HF_HOME", os.path.join(_CACHE, "hf"))
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+    yield
