@@ -30,8 +30,9 @@ __all__ = ["MatrixOperator"]
 class MatrixOperator(LinearPhysics):
     r"""Dense linear operator :math:`y = A\,\mathrm{vec}(x)` on ``(B, C, H, W)`` images.
 
-    Measurements are ``(B, m)``. The matrix and its thin SVD are buffers, so ``.to(device)``,
-    ``clone()`` and ``state_dict()`` carry them.
+    Images must be ``(B, *img_size)`` and measurements ``(B, m)``; anything else raises
+    :class:`~dwgf_sci.errors.OperatorMismatchError`. The matrix and its thin SVD are buffers, so
+    ``.to(device)``, ``clone()`` and ``state_dict()`` carry them.
 
     :param matrix: ``(m, n)`` tensor or array with ``n = C * H * W``.
     :param img_size: image shape ``(C, H, W)``.
@@ -90,21 +91,28 @@ class MatrixOperator(LinearPhysics):
         """Singular values of :math:`A`, in descending order."""
         return self._svd_s
 
+    @property
+    def measurement_shape(self) -> tuple[int, ...]:
+        """Shape of one measurement, ``(m,)``."""
+        return (self.shape[0],)
+
     def _flat_image(self, x: Tensor) -> Tensor:
-        if x.ndim < 2 or math.prod(x.shape[1:]) != self.shape[1]:
+        if not torch.is_tensor(x) or x.ndim != 4 or tuple(x.shape[1:]) != tuple(self.img_size):
+            found = tuple(x.shape) if torch.is_tensor(x) else type(x).__name__
             raise OperatorMismatchError(
-                f"the operator expects images of shape (B, {', '.join(map(str, self.img_size))}), "
-                f"found {tuple(x.shape)}"
+                "MatrixOperator: expected an image of shape (B, C, H, W) = "
+                f"(B, {', '.join(map(str, self.img_size))}), found {found}"
             )
         return x.reshape(x.shape[0], -1)
 
     def _flat_measurement(self, y: Tensor) -> Tensor:
-        if y.ndim < 1 or math.prod(y.shape[1:]) != self.shape[0]:
+        if not torch.is_tensor(y) or y.ndim != 2 or y.shape[1] != self.shape[0]:
+            found = tuple(y.shape) if torch.is_tensor(y) else type(y).__name__
             raise OperatorMismatchError(
-                f"the operator expects measurements of shape (B, {self.shape[0]}), "
-                f"found {tuple(y.shape)}"
+                "MatrixOperator: expected a measurement of shape "
+                f"(B, {self.shape[0]}), found {found}"
             )
-        return y.reshape(y.shape[0], -1)
+        return y
 
     def _as(self, t: Tensor, dtype: torch.dtype) -> Tensor:
         return t if t.dtype == dtype else t.to(dtype)
@@ -130,17 +138,24 @@ class MatrixOperator(LinearPhysics):
         r""":math:`A^\top A x`."""
         return self.A_adjoint(self.A(x))
 
-    def A_dagger(self, y: Tensor, **kwargs: Any) -> Tensor:
+    def A_dagger(self, y: Tensor, reg: float = 0.0, **kwargs: Any) -> Tensor:
         r"""Pseudo-inverse :math:`A^{+} y = V S^{+} U^\top y` from the thin SVD.
 
-        Singular values :math:`s_i \le` ``rcond`` :math:`\cdot s_{\max}` are dropped. Keyword
-        arguments of deepinv's iterative solver are accepted and ignored.
+        With ``reg = 0`` singular values :math:`s_i \le` ``rcond`` :math:`\cdot s_{\max}` are
+        dropped; with ``reg > 0`` this is the Tikhonov solution
+        :math:`\arg\min_x \|Ax - y\|^2 + \mathrm{reg}\,\|x\|^2`, i.e. :math:`S^{+}` is replaced by
+        :math:`s_i / (s_i^2 + \mathrm{reg})`. Keyword arguments of deepinv's iterative solvers are
+        accepted and ignored.
         """
         flat = self._flat_measurement(y)
         dtype = torch.promote_types(flat.dtype, self.matrix.dtype)
         s = self._as(self._svd_s, dtype)
-        keep = s > self.rcond * (s[0] if s.numel() else 0)
-        inv = torch.where(keep, 1.0 / torch.where(keep, s, torch.ones_like(s)), torch.zeros_like(s))
+        if reg > 0:
+            inv = s / (s * s + float(reg))
+        else:
+            keep = s > self.rcond * (s[0] if s.numel() else 0)
+            safe = torch.where(keep, s, torch.ones_like(s))
+            inv = torch.where(keep, 1.0 / safe, torch.zeros_like(s))
         coef = (self._as(flat, dtype) @ self._as(self._svd_u, dtype)) * inv
         out = coef @ self._as(self._svd_vh, dtype)
         return out.reshape(flat.shape[0], *self.img_size)
