@@ -24,7 +24,9 @@ def as_tensor(
     """
     if isinstance(data, np.ndarray):
         if data.dtype.kind not in "iuf":
-            raise InvalidDataError(f"{name}: expected a real numeric array, found dtype {data.dtype}")
+            raise InvalidDataError(
+                f"{name}: expected a real numeric array, found dtype {data.dtype}"
+            )
         arr = data.astype(data.dtype.newbyteorder("="), copy=True)
         tensor = torch.from_numpy(arr if arr.dtype.kind == "f" else arr.astype(np.float32))
     elif isinstance(data, torch.Tensor):

@@ -1,0 +1,323 @@
+r"""The loop skeleton shared by every latent-diffusion solver (DWGF and the baselines).
+
+A solver subclass only says how to start (:meth:`LatentSolver.init_state`), what one iteration at
+timestep :math:`t` does (:meth:`LatentSolver.step`) and which latents it ends with
+(:meth:`LatentSolver.final_latents`). Everything else lives here once: input checks (before any
+network call), the image/latent shapes, the timestep grid, the data term, particle batching with
+``max_batch`` chunks, seeding, the progress bar, the per-step history and callback, timing,
+network-call counts and the :class:`~dwgf_sci.solvers.posterior.Posterior` result.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from deepinv.models import Reconstructor
+from deepinv.physics import Physics
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from .._checks import check_finite
+from ..errors import ConfigError, InvalidDataError, OperatorMismatchError, ShapeError
+from ..priors.base import LatentPrior
+from .likelihood import DataTerm
+from .posterior import Posterior
+from .schedule import timestep_grid
+
+StepCallback = Callable[[int, int, dict[str, float], Any], None]
+
+
+@dataclass
+class Problem:
+    """Everything a solver step needs about one call: measurements, operator and shapes.
+
+    Particles of all measurements are stacked along the batch dimension: rows
+    ``b * particles ... (b + 1) * particles - 1`` belong to measurement ``b``.
+    """
+
+    y: Tensor
+    y_rep: Tensor
+    physics: Physics
+    data_term: DataTerm
+    image_shape: tuple[int, int, int]
+    latent_shape: tuple[int, int, int]
+    batch: int
+    particles: int
+    grid: Tensor
+    generator: torch.Generator
+    device: torch.device
+    dtype: torch.dtype
+
+    @property
+    def n(self) -> int:
+        """Total number of particles, ``batch * particles``."""
+        return self.batch * self.particles
+
+
+class LatentSolver(Reconstructor):
+    """Base class of samplers driven by a :class:`~dwgf_sci.priors.base.LatentPrior`.
+
+    Calling a solver, ``solver(y, physics)``, returns a :class:`Posterior`, which is also the
+    posterior-mean tensor: the solver is a deepinv :class:`~deepinv.models.Reconstructor`.
+
+    :param LatentPrior prior: the prior (any implementation of the interface).
+    :param int particles: samples per measurement (>= 1).
+    :param int steps: solver iterations, one per timestep of the grid.
+    :param str grid: timestep grid kind (see :func:`~dwgf_sci.solvers.schedule.timestep_grid`).
+    :param int t_min: smallest timestep visited.
+    :param int t_max: largest timestep visited (default: the prior's last).
+    :param str data_term: ``"gaussian"`` (noise-level weighted), ``"poisson"`` or ``"mse"``.
+    :param float noise_sigma: Gaussian noise std in measurement units; ``None`` reads the physics.
+    :param int max_batch: most particles sent through a network at once (``None``: all).
+    :param int seed: seed of every random draw; the same seed on the same device gives the same
+        samples.
+    :param bool progress: show a tqdm progress bar.
+    :param callback: called after each step as ``callback(step, t, info, state)``.
+    :param tuple img_size: image shape ``(C, H, W)`` if neither the physics nor the prior fixes it.
+    """
+
+    name: ClassVar[str] = "latent-solver"
+
+    def __init__(
+        self,
+        prior: LatentPrior,
+        *,
+        particles: int = 1,
+        steps: int = 100,
+        grid: str = "linear",
+        t_min: int = 0,
+        t_max: int | None = None,
+        data_term: str = "gaussian",
+        noise_sigma: float | None = None,
+        max_batch: int | None = None,
+        seed: int = 0,
+        progress: bool = False,
+        callback: StepCallback | None = None,
+        img_size: tuple[int, int, int] | None = None,
+    ) -> None:
+        super().__init__()
+        if not isinstance(prior, LatentPrior):
+            raise TypeError(f"prior must be a LatentPrior, found {type(prior).__name__}")
+        if int(particles) != particles or particles < 1:
+            raise ConfigError(f"particles must be an integer >= 1, found {particles}")
+        if int(steps) != steps or steps < 1:
+            raise ConfigError(f"steps must be an integer >= 1, found {steps}")
+        if max_batch is not None and max_batch < 1:
+            raise ConfigError(f"max_batch must be >= 1 or None, found {max_batch}")
+        self.prior = prior
+        self.particles = int(particles)
+        self.steps = int(steps)
+        self.grid = grid
+        self.t_min = int(t_min)
+        self.t_max = t_max
+        self.data_term = DataTerm(data_term, noise_sigma)
+        self.max_batch = max_batch
+        self.seed = int(seed)
+        self.progress = progress
+        self.callback = callback
+        self.img_size = tuple(img_size) if img_size is not None else None
+        timestep_grid(prior.alphas_cumprod, self.steps, grid, self.t_min, t_max)  # validates
+
+    # ------------------------------------------------------------------ settings
+    def settings(self) -> dict[str, Any]:
+        """Every setting of this solver, JSON-serialisable (stored in the result's provenance)."""
+        return {
+            "solver": self.name,
+            "particles": self.particles,
+            "steps": self.steps,
+            "grid": self.grid,
+            "t_min": self.t_min,
+            "t_max": self.t_max,
+            "data_term": self.data_term.kind,
+            "noise_sigma": self.data_term.sigma,
+            "max_batch": self.max_batch,
+            "seed": self.seed,
+        }
+
+    # ------------------------------------------------------------------ subclass hooks
+    def init_state(self, problem: Problem) -> Any:
+        """Create the solver state (e.g. particles and optimiser) before the first step."""
+        raise NotImplementedError
+
+    def step(self, state: Any, i: int, t: int, problem: Problem) -> dict[str, float]:
+        """Run iteration ``i`` at timestep ``t``; return scalars for the history."""
+        raise NotImplementedError
+
+    def final_latents(self, state: Any, problem: Problem) -> Tensor:
+        """Latents ``(batch * particles, c, h, w)`` to decode into the samples."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ shared helpers
+    def alpha_bar(self, t: int, problem: Problem) -> float:
+        r""":math:`\bar\alpha_t` as a Python float."""
+        return float(self.prior.alphas_cumprod[int(t)])
+
+    def chunks(self, n: int) -> Iterator[slice]:
+        """Slices of at most ``max_batch`` rows covering ``range(n)``."""
+        size = n if self.max_batch is None else self.max_batch
+        for start in range(0, n, size):
+            yield slice(start, min(start + size, n))
+
+    def randn(self, shape: tuple[int, ...], problem: Problem) -> Tensor:
+        """Standard normal draws from the call's generator."""
+        return torch.randn(
+            shape, generator=problem.generator, device=problem.device, dtype=problem.dtype
+        )
+
+    def predict_noise(self, z_t: Tensor, t: int) -> Tensor:
+        """:math:`\\epsilon_\\theta(z_t, t)` without gradient, in ``max_batch`` chunks."""
+        with torch.no_grad():
+            parts = [self.prior.predict_noise(z_t[sl], t) for sl in self.chunks(len(z_t))]
+        return torch.cat(parts)
+
+    def render(self, z: Tensor) -> Tensor:
+        """Decode latents to images in physical units (differentiable)."""
+        return self.prior.from_model(self.prior.decode(z))
+
+    def render_no_grad(self, z: Tensor) -> Tensor:
+        """Decode latents to physical images without gradient, in ``max_batch`` chunks."""
+        with torch.no_grad():
+            return torch.cat([self.render(z[sl]) for sl in self.chunks(len(z))])
+
+    def encode_physical(self, x: Tensor) -> Tensor:
+        """Encode physical-unit images to latents without gradient, in ``max_batch`` chunks."""
+        with torch.no_grad():
+            parts = [self.prior.encode(self.prior.to_model(x[sl])) for sl in self.chunks(len(x))]
+        return torch.cat(parts)
+
+    def pseudo_inverse(self, problem: Problem) -> Tensor:
+        """:math:`A^\\dagger y` per measurement, physical units ``(batch, C, H, W)``."""
+        physics = problem.physics
+        with torch.no_grad():
+            if hasattr(physics, "A_dagger"):
+                x = physics.A_dagger(problem.y)
+            else:
+                x = torch.zeros((problem.batch, *problem.image_shape), device=problem.device)
+        return x.real if torch.is_complex(x) else x
+
+    # ------------------------------------------------------------------ the loop
+    def forward(self, y: Tensor, physics: Physics, **kwargs: Any) -> Posterior:
+        """deepinv entry point: same as :meth:`sample` (the result is the posterior mean)."""
+        return self.sample(y, physics, **kwargs)
+
+    def sample(
+        self,
+        y: Tensor,
+        physics: Physics,
+        *,
+        img_size: tuple[int, int, int] | None = None,
+        seed: int | None = None,
+        callback: StepCallback | None = None,
+    ) -> Posterior:
+        """Draw ``particles`` posterior samples for each measurement in ``y``.
+
+        :param Tensor y: measurements ``(B, ...)`` in the physics' units.
+        :param Physics physics: forward model (any deepinv physics; linear or not).
+        :param tuple img_size: image shape ``(C, H, W)`` when it cannot be inferred.
+        :param int seed: overrides the solver's seed for this call.
+        :param callback: overrides the solver's callback for this call.
+        :return: a :class:`Posterior` (samples in physical units).
+        """
+        problem = self.prepare(y, physics, img_size=img_size, seed=seed)
+        callback = callback or self.callback
+        self.prior.reset_calls()
+        history: list[dict[str, float]] = []
+        start = time.perf_counter()
+        state = self.init_state(problem)
+        steps = problem.grid.tolist()
+        for i, t in enumerate(tqdm(steps, desc=self.name, disable=not self.progress)):
+            info = self.step(state, i, int(t), problem)
+            info = {"step": i, "t": int(t), **info}
+            history.append(info)
+            if callback is not None:
+                callback(i, int(t), info, state)
+        loop_time = time.perf_counter() - start
+        z = self.final_latents(state, problem).detach()
+        x = self.render_no_grad(z)
+        total = time.perf_counter() - start
+        b, n = problem.batch, problem.particles
+        return Posterior(
+            x.reshape(b, n, *x.shape[1:]),
+            settings=self.settings(),
+            timing={"total_s": total, "per_step_s": loop_time / max(1, len(steps))},
+            calls=dict(self.prior.calls),
+            history=history,
+            latents=z.reshape(b, n, *z.shape[1:]),
+        )
+
+    # ------------------------------------------------------------------ checks
+    def image_shape(self, y: Tensor, physics: Physics, img_size: Any) -> tuple[int, int, int]:
+        """Image shape ``(C, H, W)``: argument, solver, physics, prior, then ``A^T y``."""
+        for candidate in (img_size, self.img_size, getattr(physics, "img_size", None)):
+            if candidate is not None and len(candidate) == 3:
+                return tuple(int(s) for s in candidate)
+        if self.prior.image_size is not None:
+            return (self.prior.image_channels, *self.prior.image_size)
+        if hasattr(physics, "A_adjoint"):
+            with torch.no_grad():
+                x = physics.A_adjoint(y[:1])
+            return tuple(x.shape[1:])
+        raise OperatorMismatchError(
+            "cannot infer the image size from the physics or the prior; pass img_size=(C, H, W)"
+        )
+
+    def prepare(
+        self,
+        y: Tensor,
+        physics: Physics,
+        img_size: tuple[int, int, int] | None = None,
+        seed: int | None = None,
+    ) -> Problem:
+        """Check the inputs against each other and build the :class:`Problem` (no network call)."""
+        if not torch.is_tensor(y):
+            raise InvalidDataError(f"y must be a torch.Tensor, found {type(y).__name__}")
+        if y.ndim < 2:
+            raise ShapeError(f"y must have a batch dimension (B, ...), found {tuple(y.shape)}")
+        check_finite(y, "the measurement y")
+        if not isinstance(physics, Physics):
+            raise TypeError(f"physics must be a deepinv Physics, found {type(physics).__name__}")
+        device = self.prior.device
+        dtype = (
+            torch.float32
+            if self.prior.dtype in (torch.float16, torch.bfloat16)
+            else (self.prior.dtype)
+        )
+        shape = self.image_shape(y, physics, img_size)
+        latent = self.prior.latent_shape(shape)
+        try:
+            with torch.no_grad():
+                probe = physics.A(torch.zeros((1, *shape), device=y.device, dtype=dtype))
+        except Exception as exc:  # the operator rejects the image size
+            raise OperatorMismatchError(
+                f"the physics cannot be applied to an image of shape {shape}: {exc}"
+            ) from exc
+        if tuple(probe.shape[1:]) != tuple(y.shape[1:]):
+            raise OperatorMismatchError(
+                f"measurement shape {tuple(y.shape[1:])} does not match the physics, which maps "
+                f"a {shape} image to {tuple(probe.shape[1:])}"
+            )
+        data_term = self.data_term.resolve(physics)
+        generator = torch.Generator(device=device)
+        generator.manual_seed(self.seed if seed is None else int(seed))
+        grid = timestep_grid(
+            self.prior.alphas_cumprod, self.steps, self.grid, self.t_min, self.t_max
+        )
+        y = y.to(device)
+        return Problem(
+            y=y,
+            y_rep=y.repeat_interleave(self.particles, dim=0),
+            physics=physics,
+            data_term=data_term,
+            image_shape=shape,
+            latent_shape=latent,
+            batch=int(y.shape[0]),
+            particles=self.particles,
+            grid=grid,
+            generator=generator,
+            device=device,
+            dtype=dtype,
+        )
