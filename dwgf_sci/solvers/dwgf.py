@@ -74,7 +74,7 @@ DEFAULT: dict[str, Any] = {
     "steps": 200,
     "grid": "linear",
     "optimizer": "psgld",
-    "lr": 0.05,
+    "lr": 0.03,
     "betas": (0.9, 0.999),
     "prior_weight": 1.0,
     "prior_weight_schedule": "score",
@@ -156,6 +156,7 @@ class DWGF(LatentSolver):
         init: str | None = None,
         init_noise: float = 1.0,
         refine_steps: int | None = None,
+        precond_power: float = 1.0,
         **kwargs: Any,
     ) -> None:
         if preset not in PRESETS:
@@ -192,6 +193,7 @@ class DWGF(LatentSolver):
         self.init = cfg["init"]
         self.init_noise = float(init_noise)
         self.refine_steps = int(cfg["refine_steps"])
+        self.precond_power = float(precond_power)
         self._check()
 
     @classmethod
@@ -341,12 +343,18 @@ class DWGF(LatentSolver):
         with torch.no_grad():
             g = z.grad
             if self.optimizer == "psgld":
+                # squared gradients averaged over time and over the particles of a measurement:
+                # a preconditioner that hardly depends on any one particle keeps the Langevin
+                # dynamics' stationary law (no divergence correction needed)
                 beta = self.betas[1]
+                groups = g.reshape(problem.batch, problem.particles, *g.shape[1:])
+                sq = groups.pow(2).mean(dim=1, keepdim=True)
                 if state.sq_avg is None:
-                    state.sq_avg = g.pow(2)
+                    state.sq_avg = sq
                 else:
-                    state.sq_avg.mul_(beta).addcmul_(g, g, value=1 - beta)
-                precond = 1.0 / (state.sq_avg.sqrt() + 1e-8)
+                    state.sq_avg.mul_(beta).add_(sq, alpha=1 - beta)
+                scale = state.sq_avg.pow(0.5 * self.precond_power) + 1e-12
+                precond = (1.0 / scale).expand_as(groups).reshape(g.shape)
             else:
                 precond = torch.ones_like(z)
             step = self.lr * precond
