@@ -307,14 +307,15 @@ class DWGF(LatentSolver):
             v = v.flatten(1)
             return v.mean(1) if mean_mode else v.sum(1)
 
+        xi = None
+        if self.decoder_noise > 0:  # drawn once for all particles: chunking changes nothing
+            xi = self.decoder_noise * self.randn((problem.n, *problem.image_shape), problem)
         z.grad = None
         data_sum = chi2_sum = 0.0
         for sl in self.chunks(problem.n):
             zc = z[sl]
             x = self.prior.decode(zc)
-            x_noisy = x
-            if self.decoder_noise > 0:
-                x_noisy = x + self.decoder_noise * self.randn(tuple(x.shape), problem)
+            x_noisy = x if xi is None else x + xi[sl]
             ax = problem.physics.A(self.prior.from_model(x_noisy))
             data = problem.data_term(ax, problem.y_rep[sl])
             loss = data + reduce(zc * drift[sl])

@@ -1,0 +1,174 @@
+"""DWGF and the shared solver skeleton on priors whose posterior is known in closed form."""
+
+from __future__ import annotations
+
+import math
+
+import deepinv as dinv
+import pytest
+import torch
+
+from dwgf_sci.errors import ConfigError, InvalidDataError, OperatorMismatchError
+from dwgf_sci.operators import MatrixOperator
+from dwgf_sci.priors import GaussianMixturePrior
+from dwgf_sci.solvers import DWGF, Posterior
+from dwgf_sci.solvers.dwgf import REFERENCE
+
+
+def gaussian_problem(d: int = 8, m: int = 4, sigma: float = 0.3, seed: int = 1):
+    """N(0, I) prior, y = A x + sigma n: returns prior, physics, y and the exact posterior."""
+    g = torch.Generator().manual_seed(seed)
+    a = torch.randn(m, d, generator=g) * 3 / math.sqrt(d)
+    physics = MatrixOperator(a, img_size=(d, 1, 1))
+    physics.set_noise_model(dinv.physics.GaussianNoise(sigma))
+    prior = GaussianMixturePrior(torch.ones(1), torch.zeros(1, d))
+    x0 = torch.randn(1, d, 1, 1, generator=g)
+    y = a @ x0.flatten() + sigma * torch.randn(m, generator=g)
+    precision = torch.eye(d) + a.T @ a / sigma**2
+    cov = torch.linalg.inv(precision)
+    mean = cov @ a.T @ y / sigma**2
+    return prior, physics, y[None], mean, cov
+
+
+def test_default_preset_matches_gaussian_posterior():
+    prior, physics, y, mean, cov = gaussian_problem()
+    post = DWGF(prior, particles=512, steps=200, seed=3)(y, physics)
+    s = post.samples.flatten(1).double()
+    sd = cov.diagonal().sqrt().double()
+    mean_err = ((s.mean(0) - mean.double()) / sd).pow(2).mean().sqrt()
+    var_ratio = s.var(0) / cov.diagonal().double()
+    assert mean_err < 0.2, mean_err
+    assert 0.7 < float(var_ratio.mean()) < 1.4, var_ratio
+    # the reference preset collapses its particles: far too little spread (a known property)
+    ref = DWGF.reference(prior, particles=64, steps=200, seed=3)(y, physics)
+    assert float((ref.samples.flatten(1).var(0) / cov.diagonal()).mean()) < 0.3
+
+
+def test_reference_preset_settings():
+    prior, *_ = gaussian_problem()
+    solver = DWGF.reference(prior)
+    settings = solver.settings()
+    for key in ("particles", "steps", "lr", "prior_weight", "encoder_weight", "decoder_noise"):
+        assert settings[key] == REFERENCE[key]
+    assert settings["optimizer"] == "adam" and settings["data_term"] == "mse"
+    assert settings["betas"] == [0.9, 0.999] and settings["interaction"] is True
+    assert DWGF(prior, preset="reference", steps=10).steps == 10
+
+
+def test_network_calls_per_step_and_history():
+    prior, physics, y, *_ = gaussian_problem()
+    seen = []
+    post = DWGF.reference(prior, particles=3, steps=5)(
+        y, physics, callback=lambda i, t, info, state: seen.append((i, t))
+    )
+    assert post.calls == {
+        "unet": 15,
+        "decoder": 3 * 5 * 2 + 3,
+        "encoder": 15,
+        "decoder_backward": 15,
+    }
+    assert [i for i, _ in seen] == list(range(5)) and seen[0][1] > seen[-1][1]
+    assert len(post.history) == 5 and {"data", "chi2", "t"} <= set(post.history[0])
+    # without the encoder term, no encoder call and one decoder pass per particle and step
+    post = DWGF(prior, particles=3, steps=5)(y, physics)
+    assert post.calls == {"unet": 15, "decoder": 15 + 3, "decoder_backward": 15}
+
+
+def test_same_seed_same_samples_and_chunking():
+    prior, physics, y, *_ = gaussian_problem()
+    a = DWGF.reference(prior, particles=6, steps=20, seed=7)(y, physics)
+    b = DWGF.reference(prior, particles=6, steps=20, seed=7)(y, physics)
+    c = DWGF.reference(prior, particles=6, steps=20, seed=8)(y, physics)
+    d = DWGF.reference(prior, particles=6, steps=20, seed=7, max_batch=4)(y, physics)
+    assert torch.equal(a.samples, b.samples)
+    assert not torch.allclose(a.samples, c.samples)
+    torch.testing.assert_close(a.samples, d.samples, rtol=1e-4, atol=1e-5)
+
+
+def test_posterior_is_the_mean_tensor_and_a_deepinv_reconstructor():
+    prior, physics, y, *_ = gaussian_problem()
+    solver = DWGF(prior, particles=4, steps=10)
+    assert isinstance(solver, dinv.models.Reconstructor)
+    post = solver(y, physics)
+    assert isinstance(post, Posterior)
+    assert post.samples.shape == (4, 8, 1, 1) and post.mean.shape == (1, 8, 1, 1)
+    torch.testing.assert_close(post.as_tensor(), post.samples.mean(0, keepdim=True))
+    torch.testing.assert_close(post.std, post.samples.std(0, keepdim=True))
+    assert type(post + 1) is torch.Tensor
+    lo, hi = post.credible_interval(0.9)
+    assert bool((lo <= hi).all())
+
+
+def test_deepinv_test_loop_runs_unchanged():
+    prior, physics, *_ = gaussian_problem()
+    x = prior.sample(6, generator=torch.Generator().manual_seed(0)).float()
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x), batch_size=3)
+    solver = DWGF(prior, particles=2, steps=5)
+    metrics = dinv.test(
+        solver,
+        loader,
+        physics,
+        metrics=[dinv.metric.MSE()],
+        online_measurements=True,
+        show_progress_bar=False,
+        verbose=False,
+        compare_no_learning=False,
+    )
+    assert math.isfinite(metrics["MSE"])
+
+
+def test_nonlinear_and_composed_physics():
+    prior, physics, y, *_ = gaussian_problem()
+    nonlinear = dinv.physics.Physics(
+        A=lambda x: torch.tanh(physics.A(x)), noise_model=dinv.physics.GaussianNoise(0.3)
+    )
+    post = DWGF(prior, particles=2, steps=5)(y.tanh(), nonlinear, img_size=(8, 1, 1))
+    assert torch.isfinite(post.samples).all()
+    composed = physics * MatrixOperator(torch.eye(8), img_size=(8, 1, 1))
+    post = DWGF(prior, particles=2, steps=5, noise_sigma=0.3)(y, composed, img_size=(8, 1, 1))
+    assert torch.isfinite(post.samples).all()
+
+
+def test_pinv_init_and_poisson_data_term():
+    prior, physics, y, *_ = gaussian_problem()
+    post = DWGF(prior, particles=2, steps=5, init="pinv", init_noise=0.1)(y, physics)
+    assert torch.isfinite(post.samples).all() and post.calls["encoder"] == 1
+    pois = MatrixOperator(torch.rand(4, 8), img_size=(8, 1, 1))
+    pois.set_noise_model(dinv.physics.PoissonNoise(gain=0.1))
+    shifted = GaussianMixturePrior(torch.ones(1), torch.zeros(1, 8), data_offset=5.0)
+    yp = pois(torch.full((1, 8, 1, 1), 5.0))
+    post = DWGF(shifted, particles=2, steps=5, data_term="poisson")(yp, pois)
+    assert torch.isfinite(post.samples).all()
+
+
+def test_bad_inputs_fail_before_any_network_call():
+    prior, physics, y, *_ = gaussian_problem()
+    solver = DWGF(prior, particles=2, steps=5)
+    cases = [
+        (torch.zeros(1, 5), OperatorMismatchError),  # wrong measurement size
+        (torch.full((1, 4), float("nan")), InvalidDataError),
+        (torch.full((1, 4), float("inf")), InvalidDataError),
+    ]
+    for bad, err in cases:
+        prior.reset_calls()
+        with pytest.raises(err):
+            solver(bad, physics)
+        assert sum(prior.calls.values()) == 0
+    small = MatrixOperator(torch.randn(4, 6), img_size=(6, 1, 1))
+    small.set_noise_model(dinv.physics.GaussianNoise(0.1))
+    with pytest.raises(OperatorMismatchError, match="8-channel"):
+        solver(y, small)
+    with pytest.raises(InvalidDataError, match="positive"):
+        DWGF(prior, noise_sigma=0.0)
+    with pytest.raises(InvalidDataError, match="positive"):
+        DWGF(prior, noise_sigma=-1.0)
+    noiseless = MatrixOperator(torch.randn(4, 8), img_size=(8, 1, 1))
+    with pytest.raises(ConfigError, match="noise_sigma"):
+        solver(y, noiseless)
+    for bad_particles in (0, -1, 1.5):
+        with pytest.raises(ConfigError, match="particles"):
+            DWGF(prior, particles=bad_particles)
+    with pytest.raises(ConfigError, match="preset"):
+        DWGF(prior, preset="fast-and-wrong")
+    with pytest.raises(ConfigError, match="adam"):
+        DWGF(prior, optimizer="adam", temperature=1.0)
