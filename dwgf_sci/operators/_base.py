@@ -16,6 +16,7 @@ inherits :class:`OperatorMixin`. The mixin adds
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
@@ -223,6 +224,24 @@ class OperatorMixin:
         out.update(self._spec_params())
         out["noise"] = noise_spec(self.noise_model)
         return out
+
+    # -- copies -------------------------------------------------------------------------------
+    def clone(self) -> Any:
+        """Deep copy of the operator, including the states of the noise models' generators.
+
+        deepinv's ``Physics.clone`` walks every attribute of every reachable object to find
+        ``torch.Generator`` objects (which ``copy.deepcopy`` cannot copy), about a second per call;
+        here the generators can only sit in the submodules (noise models), so only those are
+        searched.
+        """
+        memo: dict[int, Any] = {}
+        for module in self.modules():  # type: ignore[attr-defined]
+            for value in vars(module).values():
+                if isinstance(value, torch.Generator) and id(value) not in memo:
+                    twin = torch.Generator(value.device)
+                    twin.set_state(value.get_state())
+                    memo[id(value)] = twin
+        return copy.deepcopy(self, memo)
 
     # -- inversion ------------------------------------------------------------------------------
     def A_dagger(  # noqa: N802 - deepinv's name
