@@ -28,6 +28,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
 import torch
 from deepinv.physics import GaussianNoise, PoissonGaussianNoise, PoissonNoise
 from deepinv.physics.noise import NoiseModel, ZeroNoise
@@ -146,10 +147,14 @@ def make_noise(
 
 
 def _scalar(t: torch.Tensor | float, what: str) -> float:
+    """A parameter as a float; float32 values by their shortest repr (0.05, not 0.0500000007)."""
     if torch.is_tensor(t):
         if t.numel() != 1:
             raise ConfigError(f"cannot describe a batched {what} ({tuple(t.shape)}) in a spec")
-        return float(t.reshape(()).item())
+        value = t.detach().reshape(()).cpu()
+        if value.dtype in (torch.float32, torch.float16, torch.bfloat16):
+            return float(str(np.float32(value.float().item())))
+        return float(value.item())
     return float(t)
 
 

@@ -92,7 +92,7 @@ def _positive(name: str, value: float) -> float:
 def _stamp_size(size: int | None, radius: float, name: str = "size") -> int:
     """Odd stamp size: ``size`` if given (checked), else ``2 ceil(radius) + 1`` (at least 3)."""
     if size is None:
-        return max(3, 2 * math.ceil(radius) + 1)
+        return max(3, 2 * math.ceil(radius - 1e-9) + 1)  # 1e-9: 12.000000000000002 -> 12
     ok = isinstance(size, int | float | np.integer) and not isinstance(size, bool)
     if not ok or int(size) != size or int(size) < 1 or int(size) % 2 == 0:
         raise ConfigError(f"{name}: expected an odd positive integer, found {size!r}")
