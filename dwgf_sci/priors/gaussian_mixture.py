@@ -297,30 +297,38 @@ class GaussianMixture:
     def _terms(
         self, x: Tensor, abar: Tensor | None, want_score: bool
     ) -> tuple[Tensor, Tensor | None, Tensor]:
-        """Log-density ``(n,)``, score ``(n, d)`` (or None) and responsibilities ``(n, K)``."""
+        """Log-density ``(n,)``, score ``(n, d)`` (or None) and responsibilities ``(n, K)``.
+
+        Works in a ``(K, n, d)`` layout so that the eigenbasis changes are batched matmuls; when
+        all samples share one :math:`\bar\alpha` the variances are computed once per component.
+        """
         lam, q = self._eig()
-        log_w, mu = self._log_weights, self._means
-        n, d = x.shape
+        mu = self._means[:, None, :]  # (K, 1, d)
+        d = x.shape[1]
         if abar is None:
-            diff = x[:, None, :] - mu[None]
-            var = lam[None]
+            diff = x[None] - mu
+            var = lam[:, None, :]
+        elif bool((abar == abar[0]).all()):
+            a = float(abar[0])
+            diff = x[None] - math.sqrt(a) * mu
+            var = (a * lam + (1.0 - a))[:, None, :]  # (K, 1, d)
         else:
-            a = abar[:, None, None]
-            diff = x[:, None, :] - a.sqrt() * mu[None]
-            var = a * lam[None] + (1.0 - a)
-        u = diff if q is None else torch.einsum("nkd,kde->nke", diff, q)
-        comp = -0.5 * ((u * u / var).sum(-1) + var.log().sum(-1) + d * _LOG_2PI)
-        joint = log_w[None] + comp
-        logp = torch.logsumexp(joint, dim=1)
-        resp = torch.softmax(joint, dim=1)
+            a = abar[None, :, None]  # (1, n, 1)
+            diff = x[None] - a.sqrt() * mu
+            var = a * lam[:, None, :] + (1.0 - a)  # (K, n, d)
+        u = diff if q is None else diff @ q  # coordinates in the eigenbasis
+        g = u / var
+        comp = -0.5 * ((u * g).sum(-1) + var.log().sum(-1) + d * _LOG_2PI)  # (K, n)
+        joint = self._log_weights[:, None] + comp
+        logp = torch.logsumexp(joint, dim=0)
+        resp = torch.softmax(joint, dim=0)
         score = None
         if want_score:
-            g = u / var
-            if q is None:
-                score = -(resp[..., None] * g).sum(1)
-            else:
-                score = -torch.einsum("nk,kde,nke->nd", resp, q, g)
-        return logp, score, resp
+            g = g * resp[..., None]
+            if q is not None:
+                g = g @ q.mT
+            score = -g.sum(0)
+        return logp, score, resp.T
 
     def _evaluate(
         self, x: Tensor, abar: Tensor | float | None, want_score: bool
