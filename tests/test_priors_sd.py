@@ -205,6 +205,17 @@ def test_units_and_options(sd_folder: Path, prior: StableDiffusionPrior) -> None
     assert half.dtype == torch.float32
     with pytest.raises(ConfigError):
         StableDiffusionPrior.from_pretrained(sd_folder, dtype="int8", device="cpu")
+    double = StableDiffusionPrior.from_pretrained(sd_folder, dtype="float64", device="cpu")
+    assert double.dtype == torch.float64 and double.prompt_embeds.dtype == torch.float64
+    x32, z32 = _images(), _latents()
+    with torch.no_grad():  # inputs are cast to the network dtype, outputs back to the input's
+        for fn in (double.encode, prior.encode):
+            assert fn(x32).dtype == torch.float32
+        assert torch.allclose(double.encode(x32), prior.encode(x32), atol=1e-4)
+        assert torch.allclose(double.decode(z32), prior.decode(z32), atol=1e-4)
+        e64 = double.predict_noise(z32, 250)
+        assert e64.dtype == torch.float32
+        assert torch.allclose(e64, prior.predict_noise(z32, 250), atol=1e-4)
     z = _latents()
     with torch.no_grad():
         reference = prior.decode(z)

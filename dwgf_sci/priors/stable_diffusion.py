@@ -406,8 +406,9 @@ class StableDiffusionPrior(AutoencoderPrior):
         except (OSError, ValueError) as err:
             if is_hub and local:
                 raise FileFormatError(
-                    f"cannot load {name!r}: the Hugging Face Hub is offline (HF_HUB_OFFLINE or "
-                    "local_files_only) and the model is not in the local cache. The weights must "
+                    f"cannot load {name!r}: there is no local folder {str(path)!r}, the Hugging "
+                    "Face Hub is offline (HF_HUB_OFFLINE or local_files_only) and the model is "
+                    "not in the local cache. The weights must "
                     "be a local folder: on a machine with internet access run "
                     f"StableDiffusionPipeline.from_pretrained({name!r}).save_pretrained(folder) "
                     "and pass that folder"
