@@ -97,7 +97,8 @@ class RandomSensing(OperatorMixin, LinearPhysics):
         self.img_size: ImgSize = size
         self.m = m
         self.seed = int(seed)
-        matrix = torch.randn((m, n), generator=gen, dtype=torch.float32) / math.sqrt(m)
+        matrix = torch.randn((m, n), generator=gen, dtype=torch.float32)
+        matrix.div_(math.sqrt(m))  # in place: the matrix can be GiBs
         self.register_buffer("matrix", matrix.to(device=device, dtype=dtype))
         self._gram_cache: tuple[Any, ...] | None = None
 
