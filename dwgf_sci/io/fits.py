@@ -13,7 +13,9 @@ Layout of a file written by :func:`write_fits`:
 - one ``ImageHDU`` per ``extra`` entry, ``EXTNAME`` = its upper-cased name (``STD``, ``SAMPLES``);
 - ``PROVENANCE``: a one-row binary table whose ``JSON`` column holds the exact provenance record.
 
-Every HDU carries ``CHECKSUM``/``DATASUM`` cards.
+Every HDU carries ``CHECKSUM``/``DATASUM`` cards, and the primary header a ``DWGFNHDU`` card (the
+number of HDUs written), so that a file cut at an HDU boundary, which is still valid FITS, is
+detected as truncated.
 """
 
 from __future__ import annotations
@@ -58,9 +60,14 @@ STRUCTURAL_KEYWORDS = frozenset(
         "CHECKSUM",
         "DATASUM",
         "END",
+        "DWGFNHDU",
     }
 )
 _NAXIS_N = re.compile(r"^NAXIS\d+$")
+
+#: Card holding the number of HDUs a file was written with: a file cut at an HDU boundary is still
+#: valid FITS, so this is how the reader detects that extensions are missing.
+NHDU_KEYWORD = "DWGFNHDU"
 
 #: EXTNAMEs the writer reserves for itself.
 PROVENANCE_EXTNAME = "PROVENANCE"
@@ -100,16 +107,22 @@ def _with_fits(p: Path, action: Callable[[fits.HDUList], T]) -> T:
     errors.
 
     Every header is read first (``len(hdul)``), so a truncated file is detected whichever HDU is
-    asked for. Warnings other than astropy's truncation warning are re-emitted after the file is
-    closed.
+    asked for; a file cut at an HDU boundary is detected by the ``DWGFNHDU`` card of our own files.
+    Warnings other than astropy's truncation warning are re-emitted after the file is closed.
     """
     kept: list[warnings.WarningMessage] = []
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
             with fits.open(p, mode="readonly", memmap=False) as hdul:
-                len(hdul)
+                n_found = len(hdul)
                 _raise_if_truncated(p, caught)
+                n_written = hdul[0].header.get(NHDU_KEYWORD)
+                if isinstance(n_written, int) and n_found < n_written:
+                    raise FileFormatError(
+                        f"FITS file {p} is truncated: it was written with {n_written} HDUs, "
+                        f"{n_found} are left"
+                    )
                 result = action(hdul)
                 _raise_if_truncated(p, caught)
         except DwgfError:
@@ -472,14 +485,26 @@ def write_fits(
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", fits.verify.VerifyWarning)
-            primary = fits.PrimaryHDU(data=data, header=primary_header)
+            # useblanks=False everywhere: astropy would otherwise reuse (drop) trailing blank cards
+            primary = fits.PrimaryHDU(data=data)
+            primary.header.extend(primary_header.cards, useblanks=False, end=True)
             if record is not None:
                 for card in _summary_cards(record):
-                    primary.header.append(card, end=True)
-                primary.header.add_history(
+                    primary.header.append(card, useblanks=False, end=True)
+                history = (
                     f"dwgf-sci {record.get('version', '?')} {record.get('created', '')}: "
                     f"provenance in HDU {PROVENANCE_EXTNAME}"
                 )
+                primary.header.append(("HISTORY", history), useblanks=False, end=True)
+            n_hdus = 1 + len(extras) + (record is not None)
+            primary.header.append(
+                (NHDU_KEYWORD, n_hdus, "HDUs in this file (truncation check)"),
+                useblanks=False,
+                end=True,
+            )
+            if checksum:  # placeholders, updated in place by astropy when it writes
+                primary.header.append(("CHECKSUM", "0" * 16), useblanks=False, end=True)
+                primary.header.append(("DATASUM", "0"), useblanks=False, end=True)
             hdus.append(primary)
             hdus.extend(fits.ImageHDU(data=arr, name=ext) for ext, arr in extras)
             if record is not None:
