@@ -24,7 +24,7 @@ from torch import Tensor
 
 from .errors import InvalidDataError, ShapeError
 
-__all__ = ["sliced_wasserstein"]
+__all__ = ["coverage", "data_range", "psnr", "sliced_wasserstein", "ssim"]
 
 
 def _as_sample_set(x: Tensor, name: str) -> Tensor:
@@ -46,12 +46,12 @@ def _as_sample_set(x: Tensor, name: str) -> Tensor:
 
 
 def _wasserstein_1d_pp(pa: Tensor, pb: Tensor, p: float) -> Tensor:
-    r""":math:`W_p^p` between column-wise empirical laws: ``(n, L)``, ``(m, L)`` -> ``(L,)``."""
-    sa = torch.sort(pa, dim=0).values
-    sb = torch.sort(pb, dim=0).values
-    n, m = sa.shape[0], sb.shape[0]
+    r""":math:`W_p^p` between row-wise empirical laws: ``(L, n)``, ``(L, m)`` -> ``(L,)``."""
+    sa = torch.sort(pa, dim=1).values
+    sb = torch.sort(pb, dim=1).values
+    n, m = sa.shape[1], sb.shape[1]
     if n == m:
-        return (sa - sb).abs().pow(p).mean(dim=0)
+        return (sa - sb).abs().pow(p).mean(dim=1)
     dev = sa.device
     cuts = torch.cat(
         [
@@ -64,7 +64,7 @@ def _wasserstein_1d_pp(pa: Tensor, pb: Tensor, p: float) -> Tensor:
     mids = cuts - 0.5 * lengths
     ia = torch.clamp((mids * n).floor().long(), max=n - 1)
     ib = torch.clamp((mids * m).floor().long(), max=m - 1)
-    return ((sa[ia] - sb[ib]).abs().pow(p) * lengths[:, None]).sum(dim=0)
+    return ((sa[:, ia] - sb[:, ib]).abs().pow(p) * lengths).sum(dim=1)
 
 
 def sliced_wasserstein(
@@ -109,5 +109,48 @@ def sliced_wasserstein(
         device=generator.device,
     ).to(xa.device)
     theta = theta / theta.norm(dim=0, keepdim=True).clamp_min(1e-300)
-    wpp = _wasserstein_1d_pp(xa @ theta, xb @ theta, float(p))
+    wpp = _wasserstein_1d_pp(theta.T @ xa.T, theta.T @ xb.T, float(p))
     return wpp.mean().pow(1.0 / float(p))
+
+
+# ---------------------------------------------------------------------------- image quality
+def data_range(reference: Tensor) -> float:
+    """Dynamic range of the reference image, :math:`\\max - \\min` (1.0 if it is constant)."""
+    span = float(reference.max() - reference.min())
+    return span if span > 0 else 1.0
+
+
+def psnr(x: Tensor, reference: Tensor, max_pixel: float | None = None) -> Tensor:
+    r"""PSNR in dB per image, on the reference's data range (deepinv's :class:`PSNR`).
+
+    :math:`10\log_{10}(R^2/\mathrm{MSE})`, :math:`R` = ``max_pixel`` or :func:`data_range` of
+    ``reference``; shapes ``(B, C, H, W)``.
+    """
+    from deepinv.loss.metric import PSNR
+
+    scale = max_pixel if max_pixel is not None else data_range(reference)
+    return PSNR(max_pixel=scale)(x.float(), reference.float())
+
+
+def ssim(x: Tensor, reference: Tensor, max_pixel: float | None = None) -> Tensor:
+    """SSIM per image on the reference's data range (deepinv's :class:`SSIM`, shifted to 0)."""
+    from deepinv.loss.metric import SSIM
+
+    lo = float(reference.min())
+    scale = max_pixel if max_pixel is not None else data_range(reference)
+    return SSIM(max_pixel=scale)((x - lo).float(), (reference - lo).float())
+
+
+def coverage(samples: Tensor, truth: Tensor, level: float = 0.9) -> float:
+    r"""Fraction of pixels whose truth lies in the equal-tailed ``level`` credible interval.
+
+    :param samples: ``(N, C, H, W)`` posterior samples of one image (``N >= 2``).
+    :param truth: ``(1, C, H, W)`` or ``(C, H, W)``.
+    """
+    if samples.ndim != 4 or samples.shape[0] < 2:
+        raise ShapeError(f"samples: expected (N >= 2, C, H, W), found {tuple(samples.shape)}")
+    a = (1 - level) / 2
+    lo = torch.quantile(samples.float(), a, dim=0)
+    hi = torch.quantile(samples.float(), 1 - a, dim=0)
+    t = truth.reshape(lo.shape).float()
+    return float(((t >= lo) & (t <= hi)).float().mean())

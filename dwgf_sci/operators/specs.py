@@ -32,8 +32,10 @@ Noise (``noise`` sub-dict, units of the measurements, see :mod:`dwgf_sci.operato
 plus ``seed`` [None: torch's global generator] for the noise generator.
 
 Presets (:data:`PRESETS`): ``psf``, ``ct-sparse``, ``ct-limited``, ``fourier``, ``random-cs``,
-``inpaint-psf``, and ``hadamard``, ``mask``. Their Gaussian noise levels are in measurement units
-and assume images of peak ~1 (e.g. ``sigma = 0.01`` is 1% of the peak of a blurred image).
+``inpaint-psf``, and ``hadamard``, ``mask``. Their Gaussian level is ``sigma = 0.01``: in
+measurement units when an operator is built directly (1% of the peak for peak-1 data), and a
+fraction of each noise-free measurement's peak in ``dwgf-sci simulate`` / ``demo`` (their default
+``--noise-scale peak``; the absolute value used is stored in each file).
 
 TOML files hold the same keys (TOML has no null: leave a key out for its default), either with
 ``type = ...`` (a full spec) or with ``preset = "name"`` plus keys that override the preset; the
@@ -402,21 +404,21 @@ _PSF_PRESET = {"profile": "moffat", "fwhm": 4.0, "beta": 3.0, "padding": "same"}
 PRESETS: dict[str, dict[str, Any]] = {
     # Moffat seeing PSF, FWHM 4 px, beta 3; read noise 0.01 (1% of the peak for peak ~1 images)
     "psf": {"type": "psf", **_PSF_PRESET, "noise": dict(_GAUSS)},
-    # 20 parallel-beam views over 180 degrees; sinogram noise 0.1 (attenuation x pixel units)
+    # 20 parallel-beam views over 180 degrees; sinogram noise 0.01 (1% of a unit-peak sinogram)
     "ct-sparse": {
         "type": "ct",
         "n_views": 20,
         "angular_range": 180.0,
         "geometry": "parallel",
-        "noise": {"type": "gaussian", "sigma": 0.1},
+        "noise": dict(_GAUSS),
     },
-    # limited angle: 45 views over 90 degrees
+    # limited angle: 45 views over 90 degrees; 1% noise
     "ct-limited": {
         "type": "ct",
         "n_views": 45,
         "angular_range": 90.0,
         "geometry": "parallel",
-        "noise": {"type": "gaussian", "sigma": 0.1},
+        "noise": dict(_GAUSS),
     },
     # 25% of the uv / k-space frequencies, 8% centre block; noise per real / imaginary part
     "fourier": {

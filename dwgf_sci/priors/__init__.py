@@ -4,5 +4,18 @@ from __future__ import annotations
 
 from .base import LatentPrior, linear_alphas_cumprod
 from .gaussian_mixture import GaussianMixture, GaussianMixturePrior
+from .latent import LatentDiffusionPrior
+from .loading import SHIPPED_PRIORS, available_priors, load_prior
+from .stable_diffusion import StableDiffusionPrior
 
-__all__ = ["GaussianMixture", "GaussianMixturePrior", "LatentPrior", "linear_alphas_cumprod"]
+__all__ = [
+    "SHIPPED_PRIORS",
+    "GaussianMixture",
+    "GaussianMixturePrior",
+    "LatentDiffusionPrior",
+    "LatentPrior",
+    "StableDiffusionPrior",
+    "available_priors",
+    "linear_alphas_cumprod",
+    "load_prior",
+]

@@ -153,42 +153,47 @@ class Posterior(Tensor):
         index: int = 0,
         overwrite: bool = False,
         with_samples: bool = True,
+        provenance: dict[str, Any] | None = None,
     ) -> Path:
         """Write measurement ``index``: mean (primary HDU), ``STD`` and ``SAMPLES`` extensions.
 
         :param header: astropy Header of the input (WCS, BUNIT, ...), written back unchanged.
+        :param provenance: more provenance fields, merged with :meth:`provenance`.
         :return: the path written.
         """
-        from ..io import write_fits
+        from ..io import make_provenance, write_fits
 
         extra = {"STD": self.std[index]}
         if with_samples:
             extra["SAMPLES"] = self._samples[index]
-        write_fits(
+        return write_fits(
             path,
             self.as_tensor()[index : index + 1],
             header=header,
             extra=extra,
-            provenance=self.provenance(),
+            provenance=make_provenance(**self.provenance(), **(provenance or {})),
             overwrite=overwrite,
         )
-        return Path(path)
 
     def to_hdf5(
-        self, path: str | Path, index: int = 0, overwrite: bool = False, attrs: dict | None = None
+        self,
+        path: str | Path,
+        index: int = 0,
+        overwrite: bool = False,
+        with_samples: bool = True,
+        attrs: dict[str, Any] | None = None,
+        provenance: dict[str, Any] | None = None,
     ) -> Path:
         """Write measurement ``index``: datasets ``mean``, ``std``, ``samples``, with provenance."""
-        from ..io import write_hdf5
+        from ..io import make_provenance, write_hdf5
 
-        data = {
-            "mean": self.as_tensor()[index : index + 1],
-            "std": self.std[index : index + 1],
-            "samples": self._samples[index],
-        }
-        write_hdf5(
+        data = {"mean": self.as_tensor()[index : index + 1], "std": self.std[index : index + 1]}
+        if with_samples:
+            data["samples"] = self._samples[index]
+        return write_hdf5(
             path,
             data,
-            attrs={**(attrs or {}), "provenance": self.provenance()},
+            attrs=attrs,
+            provenance=make_provenance(**self.provenance(), **(provenance or {})),
             overwrite=overwrite,
         )
-        return Path(path)
