@@ -92,6 +92,25 @@ def test_ct_invalid_arguments() -> None:
         ops.SparseViewCT(32, 10, angular_range=400.0)
     with pytest.raises(ConfigError, match="method"):
         ops.SparseViewCT(16, 4).A_dagger(torch.zeros(1, 1, 23, 4), method="art")
+    with pytest.raises(ConfigError, match="lsq"):
+        ops.SparseViewCT(16, 4).A_dagger(torch.zeros(1, 1, 23, 4), method="fbp", reg=0.1)
+
+
+def test_ct_regularised_least_squares() -> None:
+    op = ops.SparseViewCT((1, 24, 24), 8, dtype=torch.float64)
+    y = op.A(_phantom(24))
+    damped = op.A_dagger(y, reg=10.0, max_iter=400, tol=1e-12)  # reg > 0: CGLS, not FBP
+    ref = torch.linalg.solve(
+        _normal_matrix(op) + 10.0 * torch.eye(24 * 24, dtype=torch.float64),
+        op.A_adjoint(y).flatten(),
+    )
+    torch.testing.assert_close(damped.flatten(), ref, rtol=1e-5, atol=1e-6)
+
+
+def _normal_matrix(op) -> torch.Tensor:
+    n = op.img_size[1] * op.img_size[2]
+    basis = torch.eye(n, dtype=torch.float64).reshape(n, *op.img_size)
+    return op.A_adjoint(op.A(basis)).reshape(n, n)
 
 
 # ------------------------------------------------------------------------------- sensing

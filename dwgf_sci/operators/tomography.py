@@ -22,7 +22,7 @@ transpose of ``grid_sample``) deposits it on the padded image, which is then cro
 rounding in float32 and float64, and itself differentiable (its backward is :math:`A`).
 
 ``A_dagger`` is filtered back-projection (ramp filter of deepinv) by default; ``method="lsq"``
-gives the least-squares pseudo-inverse by CGLS.
+gives the least-squares pseudo-inverse by CGLS, and ``reg > 0`` Tikhonov-damped least squares.
 """
 
 from __future__ import annotations
@@ -292,21 +292,29 @@ class SparseViewCT(OperatorMixin, Tomography):
     def A_dagger(  # noqa: N802
         self,
         y: torch.Tensor,
-        method: str = "fbp",
+        method: str | None = None,
         reg: float = 0.0,
         max_iter: int = 100,
         tol: float = 1e-6,
         **kwargs: Any,
     ) -> torch.Tensor:
-        """Filtered back-projection (``method="fbp"``, default) or least squares (``"lsq"``, CGLS).
+        r"""Filtered back-projection, or (Tikhonov-damped) least squares by CGLS.
 
         :param y: sinograms.
-        :param method: ``"fbp"`` or ``"lsq"``.
-        :param reg: Tikhonov weight for ``"lsq"``.
+        :param method: ``"fbp"`` or ``"lsq"``; default ``"fbp"`` when ``reg == 0``, ``"lsq"``
+            otherwise (FBP has no regularisation parameter, so ``reg > 0`` never goes unused).
+        :param reg: Tikhonov weight :math:`\lambda` of
+            :math:`\arg\min_x \|Ax - y\|^2 + \lambda\|x\|^2` (``"lsq"`` only).
         :param max_iter: CGLS iterations for ``"lsq"``.
         :param tol: CGLS relative tolerance for ``"lsq"``.
         """
+        if reg < 0:
+            raise ConfigError(f"reg must be >= 0, found {reg}")
+        if method is None:
+            method = "fbp" if reg == 0 else "lsq"
         if method == "fbp":
+            if reg > 0:
+                raise ConfigError("reg > 0 needs method='lsq' (FBP has no regularisation)")
             return self.fbp(y)
         if method in ("lsq", "cg", "cgls"):
             self._check_measurement(y)
