@@ -302,6 +302,11 @@ def test_fits_hdu_without_data_or_not_an_image(tmp_path):
     with pytest.raises(FileFormatError, match="BinTableHDU, not an image"):
         read_fits(tmp_path / "mef.fits", hdu=2)
     assert read_fits(tmp_path / "mef.fits", hdu=None)[0].shape == (1, 1, 3, 3)
+    versions = [fits.ImageHDU(np.full((2, 2), v), name="SCI", ver=v) for v in (1, 2)]
+    fits.HDUList([fits.PrimaryHDU(), *versions]).writeto(tmp_path / "ver.fits")
+    assert float(read_fits(tmp_path / "ver.fits", hdu=("SCI", 2))[0].mean()) == 2.0
+    with pytest.raises(FileFormatError, match="SCI"):
+        read_fits(tmp_path / "ver.fits", hdu=("SCI", 3))
     fits.PrimaryHDU().writeto(tmp_path / "empty.fits")
     with pytest.raises(FileFormatError, match="no HDU with image data"):
         read_fits(tmp_path / "empty.fits", hdu=None)
@@ -475,6 +480,7 @@ def test_hdf5_round_trip_with_attributes(tmp_path, image):
         "tensor": torch.tensor([1, 2, 3], dtype=torch.int32),
         "shape": (2, 3),
         "nothing": None,
+        "nul": "a\x00b",
     }
     y = torch.randint(-5, 5, (1, 7), dtype=torch.int16)
     path = write_hdf5(tmp_path / "x.h5", {"x": image, "meas/y": y}, attrs=attrs)
@@ -485,7 +491,7 @@ def test_hdf5_round_trip_with_attributes(tmp_path, image):
     assert got["sigma"] == 0.05 and got["flag"] is True and got["label"] == "résumé"
     assert np.array_equal(got["weights"], attrs["weights"])
     assert np.array_equal(got["tensor"], [1, 2, 3]) and got["tensor"].dtype == np.int32
-    assert got["shape"] == [2, 3] and got["nothing"] is None
+    assert got["shape"] == [2, 3] and got["nothing"] is None and got["nul"] == "a\x00b"
     y2, _ = read_hdf5(path, "meas/y", as_image=False)
     assert y2.shape == (1, 7) and torch.equal(y2, y.float())
     assert read_hdf5(path, "meas/y")[0].shape == (1, 1, 1, 7)

@@ -30,9 +30,7 @@ def input_path(path: PathLike, what: str) -> Path:
     :raises FileFormatError: if the path does not exist or is a folder.
     """
     if not isinstance(path, str | os.PathLike):
-        raise FileFormatError(
-            f"{what} path must be a str or os.PathLike, found {type(path).__name__}"
-        )
+        raise ConfigError(f"{what} path must be a str or os.PathLike, found {type(path).__name__}")
     p = Path(os.fspath(path)).expanduser()
     if not p.exists():
         raise FileFormatError(f"{what} file not found: {p}")
@@ -109,10 +107,11 @@ def image_tensor(
 ) -> torch.Tensor:
     """Turn a stored array into a ``(B, C, H, W)`` tensor of ``dtype`` (native byte order, a copy).
 
-    Layout rules: ``(H, W)`` -> ``(1, 1, H, W)``; ``(C, H, W)`` -> ``(1, C, H, W)``; ``(B, C, H,
-    W)`` is kept. Leading axes of length 1 beyond four dimensions (e.g. degenerate Stokes/frequency
-    axes of radio images) are dropped. With ``allow_cube=False`` only a single image is accepted:
-    leading axes of length 1 are dropped and anything left beyond two dimensions is an error.
+    Layout rules: ``(H, W)`` -> ``(1, 1, H, W)``; ``(C, H, W)`` -> ``(1, C, H, W)``;
+    ``(B, C, H, W)`` is kept. Leading axes of length 1 beyond four dimensions (e.g. degenerate
+    Stokes/frequency axes of radio images) are dropped. With ``allow_cube=False`` only a single
+    image is accepted: leading axes of length 1 are dropped and anything left beyond two dimensions
+    is an error.
 
     :param arr: numeric array of any byte order.
     :param name: name used in error messages (file and HDU or dataset).

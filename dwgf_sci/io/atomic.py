@@ -20,7 +20,7 @@ import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
-from ..errors import FileFormatError, OutputExistsError
+from ..errors import ConfigError, FileFormatError, OutputExistsError
 from ._common import PathLike
 
 __all__ = ["atomic_output", "check_output_path"]
@@ -44,11 +44,10 @@ def check_output_path(path: PathLike, overwrite: bool = False) -> Path:
     :param overwrite: allow replacing an existing file.
     :raises OutputExistsError: if the file exists and ``overwrite`` is False.
     :raises FileFormatError: if the path is a folder or its parent folder does not exist.
+    :raises ConfigError: if ``path`` is not a str or path-like object.
     """
     if not isinstance(path, str | os.PathLike):
-        raise FileFormatError(
-            f"output path must be a str or os.PathLike, found {type(path).__name__}"
-        )
+        raise ConfigError(f"output path must be a str or os.PathLike, found {type(path).__name__}")
     target = Path(os.fspath(path)).expanduser()
     if target.is_dir():
         raise FileFormatError(f"output path is a folder, not a file: {target}")

@@ -103,8 +103,7 @@ def _is_truncation(w: warnings.WarningMessage) -> bool:
 
 
 def _with_fits(p: Path, action: Callable[[fits.HDUList], T]) -> T:
-    """Open ``p`` read-only, run ``action`` on its HDU list, close it; turn parse failures into
-    errors.
+    """Open ``p`` read-only and run ``action`` on its HDU list; parse failures become errors.
 
     Every header is read first (``len(hdul)``), so a truncated file is detected whichever HDU is
     asked for; a file cut at an HDU boundary is detected by the ``DWGFNHDU`` card of our own files.
@@ -392,7 +391,10 @@ def _summary_cards(record: Mapping[str, Any]) -> list[fits.Card]:
         else:
             items.append((_summary_key(key), value))
     cards = []
+    seen: set[str] = set()
     for key, value in items:
+        if not key.strip("_ ") or key in seen:
+            continue
         if value is None or not isinstance(value, str | int | float | bool):
             continue
         if isinstance(value, float) and not np.isfinite(value):
@@ -408,6 +410,7 @@ def _summary_cards(record: Mapping[str, Any]) -> list[fits.Card]:
             continue
         if len(image) == 80:
             cards.append(card)
+            seen.add(key)
     return cards
 
 
@@ -495,6 +498,7 @@ def write_fits(
                     f"dwgf-sci {record.get('version', '?')} {record.get('created', '')}: "
                     f"provenance in HDU {PROVENANCE_EXTNAME}"
                 )
+                history = "".join(c if 32 <= ord(c) < 127 else "?" for c in history)
                 primary.header.append(("HISTORY", history), useblanks=False, end=True)
             n_hdus = 1 + len(extras) + (record is not None)
             primary.header.append(

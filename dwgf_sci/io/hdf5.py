@@ -11,13 +11,14 @@ attributes as root (file) attributes:
 - the provenance record is the root attribute ``_dwgf_provenance`` (JSON text).
 
 Attribute names starting with ``_dwgf_`` are reserved and hidden from :func:`read_hdf5`. Files use
-the HDF5 1.8 object format (readable by any HDF5 >= 1.8), whose dense attribute storage lifts the 64
-kB limit on a single attribute. Writes are atomic (:func:`~dwgf_sci.io.atomic.atomic_output`).
+the HDF5 1.8 object format (readable by any HDF5 >= 1.8), whose dense attribute storage lifts the
+64 kB limit on a single attribute. Writes are atomic (:func:`~dwgf_sci.io.atomic.atomic_output`).
 """
 
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -73,7 +74,7 @@ def encode_attrs(attrs: Mapping[str, Any] | None, where: str = "attrs") -> dict[
                 f"{where}: attribute names starting with {RESERVED_PREFIX!r} are reserved"
             )
         label = f"{where}[{key!r}]"
-        if isinstance(value, str):
+        if isinstance(value, str) and _plain_string(value):
             out[key] = value
         elif isinstance(value, bool | np.bool_):
             out[key] = np.bool_(value)
@@ -86,11 +87,23 @@ def encode_attrs(attrs: Mapping[str, Any] | None, where: str = "attrs") -> dict[
         elif isinstance(value, np.ndarray | torch.Tensor):
             out[key] = array_for_write(value, label, check_finite=False)
         else:
-            out[key] = json.dumps(to_jsonable(value, label), ensure_ascii=False)
+            # strings with NUL or lone surrogates land here too: JSON escapes them
+            out[key] = json.dumps(to_jsonable(value, label), ensure_ascii=True)
             json_keys.append(key)
     if json_keys:
         out[JSON_KEYS_ATTR] = json.dumps(json_keys)
     return out
+
+
+def _plain_string(text: str) -> bool:
+    """True if ``text`` can be an HDF5 (UTF-8, NUL-terminated) string attribute as it is."""
+    if "\x00" in text:
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _decode_value(value: Any) -> Any:
@@ -120,7 +133,11 @@ def decode_attrs(h5attrs: h5py.AttributeManager, source: str) -> dict[str, Any]:
     for key in h5attrs:
         if key.startswith(RESERVED_PREFIX):
             continue
-        value = _decode_value(h5attrs[key])
+        try:
+            value = _decode_value(h5attrs[key])
+        except (OSError, TypeError, ValueError) as err:  # a type h5py cannot read: skip it
+            warnings.warn(f"{source}: attribute {key!r} skipped ({err})", stacklevel=3)
+            continue
         if key in json_keys:
             try:
                 value = json.loads(value)
