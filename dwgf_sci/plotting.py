@@ -11,6 +11,7 @@ matplotlib.use("Agg", force=False)
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from matplotlib import colors  # noqa: E402
 
 from .io.atomic import atomic_output  # noqa: E402
 
@@ -32,6 +33,7 @@ def image_panel(
     cmaps: Mapping[str, str] | None = None,
     title: str | None = None,
     overwrite: bool = True,
+    stretch: str = "linear",
 ) -> Path:
     """Save a one-row panel of images with colour bars as PNG (atomically).
 
@@ -39,6 +41,8 @@ def image_panel(
     :param shared: titles that share the colour scale of the first of them (e.g. truth and the
         reconstructions).
     :param cmaps: title -> matplotlib colour map (default ``"magma"``).
+    :param stretch: ``"linear"`` or ``"asinh"`` (astronomy: faint outskirts and bright cores
+        visible together).
     """
     cmaps = dict(cmaps or {})
     arrays = {k: _image(v) for k, v in images.items()}
@@ -48,7 +52,12 @@ def image_panel(
         limits = (float(stack.min()), float(stack.max()))
     fig, axes = plt.subplots(1, len(arrays), figsize=(2.8 * len(arrays), 3.0), squeeze=False)
     for ax, (name, arr) in zip(axes[0], arrays.items(), strict=True):
-        kw = {"vmin": limits[0], "vmax": limits[1]} if limits and name in shared else {}
+        lo, hi = limits if limits and name in shared else (float(arr.min()), float(arr.max()))
+        if stretch == "asinh":
+            width = max(0.02 * (hi - lo), 1e-12)
+            kw: dict = {"norm": colors.AsinhNorm(linear_width=width, vmin=lo, vmax=hi)}
+        else:
+            kw = {"vmin": lo, "vmax": hi}
         im = ax.imshow(arr, origin="lower", cmap=cmaps.get(name, "magma"), **kw)
         ax.set_title(name, fontsize=9)
         ax.set_xticks([])
