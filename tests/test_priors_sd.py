@@ -316,3 +316,21 @@ def test_dwgf_end_to_end(prior: StableDiffusionPrior) -> None:
     assert post.samples.shape == (2, 1, 64, 64)
     assert torch.isfinite(post.samples).all()
     assert post.calls["unet"] == 6
+
+
+def test_dwgf_with_psf_convolution_both_presets(prior: StableDiffusionPrior) -> None:
+    """The issue's end-to-end check: tiny SD pipeline, 64x64 one-channel image, PSFConvolution."""
+    import deepinv
+
+    from dwgf_sci.operators import PSFConvolution, moffat_psf
+    from dwgf_sci.solvers import DWGF
+
+    physics = PSFConvolution(moffat_psf(4.0, 3.0, 15), (1, 64, 64))
+    physics.set_noise_model(deepinv.physics.GaussianNoise(0.02))
+    x = torch.rand((1, 1, 64, 64), generator=torch.Generator().manual_seed(3))
+    y = physics(x)
+    for solver in (DWGF(prior, particles=2, steps=3), DWGF.reference(prior, particles=2, steps=3)):
+        post = solver(y, physics)
+        assert post.samples.shape == (2, 1, 64, 64) and torch.isfinite(post.samples).all()
+        assert post.calls["unet"] == 6 and post.calls["decoder_backward"] == 6
+    assert post.calls["encoder"] == 6  # the reference preset's encoder term
