@@ -3,9 +3,23 @@
 from __future__ import annotations
 
 from .base import LatentSolver, Problem
+from .dps import GuidedDDIM, LatentDPS
 from .dwgf import DWGF
 from .likelihood import DataTerm
+from .pigdm import PiGDM
 from .posterior import Posterior
+from .reddiff import REDDiff
 from .schedule import timestep_grid
 
-__all__ = ["DWGF", "DataTerm", "LatentSolver", "Posterior", "Problem", "timestep_grid"]
+__all__ = [
+    "DWGF",
+    "DataTerm",
+    "GuidedDDIM",
+    "LatentDPS",
+    "LatentSolver",
+    "PiGDM",
+    "Posterior",
+    "Problem",
+    "REDDiff",
+    "timestep_grid",
+]
