@@ -181,6 +181,7 @@ class GaussianMixture:
         self._eigvecs: Tensor | None = eigvecs
         self._full = full
         self._diagonal = eigvecs is None
+        self._stacked: tuple[Tensor, Tensor] | None = None
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -200,6 +201,7 @@ class GaussianMixture:
         obj._eigvecs = eigvecs
         obj._full = full
         obj._diagonal = eigvecs is None and full is None
+        obj._stacked = None
         return obj
 
     def to(
@@ -294,41 +296,62 @@ class GaussianMixture:
         return within + between
 
     # ------------------------------------------------------------------ densities
+    def _stacked_basis(self) -> tuple[Tensor, Tensor]:
+        r"""Eigenbases side by side, ``Q_cat = [Q_1 \dots Q_K]`` ``(d, K d)``, and the means in
+        them, :math:`Q_k^\top \mu_k` ``(K, d)`` (cached), so that one matrix product maps a batch
+        into every component's eigenbasis."""
+        if self._stacked is None:
+            _, q = self._eig()
+            assert q is not None
+            k, d = self.num_components, self.dim
+            q_cat = q.permute(1, 0, 2).reshape(d, k * d)
+            mu_rot = (self._means[:, None, :] @ q).squeeze(1)
+            self._stacked = (q_cat, mu_rot)
+        return self._stacked
+
     def _terms(
         self, x: Tensor, abar: Tensor | None, want_score: bool
     ) -> tuple[Tensor, Tensor | None, Tensor]:
-        """Log-density ``(n,)``, score ``(n, d)`` (or None) and responsibilities ``(n, K)``.
+        r"""Log-density ``(n,)``, score ``(n, d)`` (or None) and responsibilities ``(n, K)``.
 
-        Works in a ``(K, n, d)`` layout so that the eigenbasis changes are batched matmuls; when
-        all samples share one :math:`\bar\alpha` the variances are computed once per component.
+        In the eigenbasis of component :math:`k`, :math:`u_k = Q_k^\top x - \sqrt{\bar\alpha}
+        Q_k^\top\mu_k` has independent coordinates of variances
+        :math:`\bar\alpha\lambda_k + 1 - \bar\alpha`; all :math:`u_k` come from one product with
+        :math:`Q_\text{cat}` and the score goes back with its transpose. When every sample has the
+        same :math:`\bar\alpha` the variances are computed once per component.
         """
         lam, q = self._eig()
-        mu = self._means[:, None, :]  # (K, 1, d)
-        d = x.shape[1]
+        n, d = x.shape
+        k = self.num_components
         if abar is None:
-            diff = x[None] - mu
-            var = lam[:, None, :]
+            root = x.new_ones(())
+            var = lam[None]  # (1, K, d)
         elif bool((abar == abar[0]).all()):
             a = float(abar[0])
-            diff = x[None] - math.sqrt(a) * mu
-            var = (a * lam + (1.0 - a))[:, None, :]  # (K, 1, d)
+            root = x.new_tensor(math.sqrt(a))
+            var = (a * lam + (1.0 - a))[None]
         else:
-            a = abar[None, :, None]  # (1, n, 1)
-            diff = x[None] - a.sqrt() * mu
-            var = a * lam[:, None, :] + (1.0 - a)  # (K, n, d)
-        u = diff if q is None else diff @ q  # coordinates in the eigenbasis
+            a3 = abar[:, None, None]
+            root = abar.sqrt()[:, None, None]
+            var = a3 * lam[None] + (1.0 - a3)  # (n, K, d)
+        if q is None:
+            u = x[:, None, :] - root * self._means[None]
+        else:
+            q_cat, mu_rot = self._stacked_basis()
+            u = (x @ q_cat).view(n, k, d) - root * mu_rot[None]
         g = u / var
-        comp = -0.5 * ((u * g).sum(-1) + var.log().sum(-1) + d * _LOG_2PI)  # (K, n)
-        joint = self._log_weights[:, None] + comp
-        logp = torch.logsumexp(joint, dim=0)
-        resp = torch.softmax(joint, dim=0)
+        comp = -0.5 * ((u * g).sum(-1) + var.log().sum(-1) + d * _LOG_2PI)  # (n, K)
+        joint = self._log_weights[None] + comp
+        logp = torch.logsumexp(joint, dim=1)
+        resp = torch.softmax(joint, dim=1)
         score = None
         if want_score:
             g = g * resp[..., None]
-            if q is not None:
-                g = g @ q.mT
-            score = -g.sum(0)
-        return logp, score, resp.T
+            if q is None:
+                score = -g.sum(1)
+            else:
+                score = -(g.reshape(n, k * d) @ q_cat.T)
+        return logp, score, resp
 
     def _evaluate(
         self, x: Tensor, abar: Tensor | float | None, want_score: bool
