@@ -102,7 +102,7 @@ def test_posterior_is_the_mean_tensor_and_a_deepinv_reconstructor():
 def test_deepinv_test_loop_runs_unchanged():
     prior, physics, *_ = gaussian_problem()
     x = prior.sample(6, generator=torch.Generator().manual_seed(0)).float()
-    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x), batch_size=3)
+    loader = torch.utils.data.DataLoader(list(x), batch_size=3)  # items are images x
     solver = DWGF(prior, particles=2, steps=5)
     metrics = dinv.test(
         solver,
@@ -124,7 +124,9 @@ def test_nonlinear_and_composed_physics():
     )
     post = DWGF(prior, particles=2, steps=5)(y.tanh(), nonlinear, img_size=(8, 1, 1))
     assert torch.isfinite(post.samples).all()
-    composed = physics * MatrixOperator(torch.eye(8), img_size=(8, 1, 1))
+    mask = torch.ones(8, 1, 1)
+    mask[2] = 0
+    composed = physics * dinv.physics.Inpainting(img_size=(8, 1, 1), mask=mask)
     post = DWGF(prior, particles=2, steps=5, noise_sigma=0.3)(y, composed, img_size=(8, 1, 1))
     assert torch.isfinite(post.samples).all()
 

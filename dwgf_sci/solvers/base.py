@@ -227,14 +227,16 @@ class LatentSolver(Reconstructor):
         self.prior.reset_calls()
         history: list[dict[str, float]] = []
         start = time.perf_counter()
-        state = self.init_state(problem)
         steps = problem.grid.tolist()
-        for i, t in enumerate(tqdm(steps, desc=self.name, disable=not self.progress)):
-            info = self.step(state, i, int(t), problem)
-            info = {"step": i, "t": int(t), **info}
-            history.append(info)
-            if callback is not None:
-                callback(i, int(t), info, state)
+        # gradients are needed even when called under no_grad (deepinv's test loop does that)
+        with torch.enable_grad():
+            state = self.init_state(problem)
+            for i, t in enumerate(tqdm(steps, desc=self.name, disable=not self.progress)):
+                info = self.step(state, i, int(t), problem)
+                info = {"step": i, "t": int(t), **info}
+                history.append(info)
+                if callback is not None:
+                    callback(i, int(t), info, state)
         loop_time = time.perf_counter() - start
         z = self.final_latents(state, problem).detach()
         x = self.render_no_grad(z)
