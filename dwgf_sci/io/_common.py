@@ -21,6 +21,44 @@ PathLike = str | os.PathLike
 #: Float dtypes the readers can return.
 READ_DTYPES = (torch.float32, torch.float64)
 
+#: Most values a reader loads from one HDU or dataset (2**30, 4 GiB as float32). Headers can declare
+#: any size: a tile-compressed or gzipped FITS file, or a chunked HDF5 dataset, of a few bytes may
+#: declare terabytes. The environment variable ``DWGF_MAX_READ_VALUES`` changes the limit.
+MAX_READ_VALUES = 2**30
+
+
+def max_read_values() -> int:
+    """The limit on the values read from one array: ``DWGF_MAX_READ_VALUES`` or the default."""
+    raw = os.environ.get("DWGF_MAX_READ_VALUES", "").strip()
+    if not raw:
+        return MAX_READ_VALUES
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"DWGF_MAX_READ_VALUES must be an integer, found {raw!r}") from None
+    if value < 1:
+        raise ConfigError(f"DWGF_MAX_READ_VALUES must be >= 1, found {value}")
+    return value
+
+
+def check_read_size(shape: tuple[int, ...], name: str) -> None:
+    """Refuse to load an array whose declared shape holds more than :func:`max_read_values` values.
+
+    :param shape: the shape the file declares (before any data is read).
+    :param name: file and HDU or dataset, for the message.
+    :raises FileFormatError: if the declared size is over the limit.
+    """
+    count = 1
+    for n in shape:
+        count *= max(int(n), 0)
+    limit = max_read_values()
+    if count > limit:
+        raise FileFormatError(
+            f"{name} declares an array of shape {tuple(int(n) for n in shape)} ({count} values), "
+            f"more than the {limit} a reader loads; if the file is genuine, raise the limit with "
+            "the environment variable DWGF_MAX_READ_VALUES"
+        )
+
 
 def input_path(path: PathLike, what: str) -> Path:
     """Return ``path`` as a :class:`~pathlib.Path` after checking that it is an existing file.

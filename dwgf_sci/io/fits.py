@@ -33,7 +33,14 @@ from astropy.io import fits
 from astropy.io.fits.verify import VerifyError
 
 from ..errors import ConfigError, DwgfError, FileFormatError, InvalidDataError, ShapeError
-from ._common import PathLike, array_for_write, check_read_dtype, image_tensor, input_path
+from ._common import (
+    PathLike,
+    array_for_write,
+    check_read_dtype,
+    check_read_size,
+    image_tensor,
+    input_path,
+)
 from .atomic import atomic_output, check_output_path
 from .provenance import dumps, loads, resolve_provenance
 
@@ -229,7 +236,13 @@ def _load_image_hdu(p: Path, hdu: HDUSpec) -> tuple[np.ndarray, fits.Header, str
                 f"HDUs with image data: {_describe(hdul, only_images=True)}"
             )
         header = h.header.copy()  # before .data: astropy edits BITPIX/BZERO when it scales
-        data = h.data
+        check_read_size(_axes(h), f"HDU {label} of FITS file {p}")
+        try:
+            data = h.data
+        except MemoryError:
+            raise FileFormatError(
+                f"HDU {label} of FITS file {p}: not enough memory to load its {_axes(h)} array"
+            ) from None
         if data is None:
             raise FileFormatError(f"HDU {label} of FITS file {p} has no data")
         if not isinstance(data, np.ndarray) or data.dtype.kind not in "biuf":
@@ -295,6 +308,7 @@ def _read_fits_provenance(p: Path) -> dict[str, Any] | None:
             if (h.name or "").upper() == PROVENANCE_EXTNAME:
                 if not isinstance(h, fits.BinTableHDU) or "JSON" not in h.columns.names:
                     raise FileFormatError(f"FITS file {p}: HDU PROVENANCE has no JSON column")
+                check_read_size(_axes(h), f"HDU PROVENANCE of FITS file {p}")
                 value = h.data["JSON"][0]
                 return value.decode("ascii") if isinstance(value, bytes) else str(value)
         return None

@@ -32,6 +32,7 @@ from ._common import (
     PathLike,
     array_for_write,
     check_read_dtype,
+    check_read_size,
     image_tensor,
     input_path,
     plain_tensor,
@@ -248,11 +249,17 @@ def read_hdf5(
     f, p = open_hdf5(path)
     with f:
         ds = get_dataset(f, key, p)
+        check_read_size(tuple(ds.shape or ()), f"dataset {key!r} of HDF5 file {p}")
         try:
             arr = np.asarray(ds[()])
         except (OSError, RuntimeError, ValueError) as err:
             raise FileFormatError(
                 f"cannot read dataset {key!r} of HDF5 file {p}: truncated or corrupt ({err})"
+            ) from None
+        except MemoryError:
+            raise FileFormatError(
+                f"dataset {key!r} of HDF5 file {p}: not enough memory to load its "
+                f"{tuple(ds.shape)} array"
             ) from None
         attrs = decode_attrs(f.attrs, f"HDF5 file {p}")
     name = f"HDF5 file {p} dataset {key!r}"
