@@ -42,7 +42,8 @@ latents as in the PSLD (Rout et al. 2023) and ReSample (Song et al. 2024) papers
     \qquad \kappa_t = -\zeta,
 
 the norm, not its square, as in the DPS reference code (``torch.linalg.norm`` of the residual,
-step ``scale``, default 1.0; its configurations use 0.3 to 1.0), applied after the DDIM update.
+step ``scale``, default 1.0, 0.3 in its super-resolution configuration), applied after the DDIM
+update.
 ``loss="squared"`` uses :math:`\|\cdot\|_2^2` and ``loss="nll"`` the solver's noise-weighted data
 term (:math:`\|y - Ax\|^2 / 2\sigma^2` for Gaussian noise, Poisson NLL, ...): then
 :math:`-\zeta g_t` is :math:`\zeta` times DPS's approximation of
@@ -187,7 +188,7 @@ class GuidedDDIM(LatentSolver):
         # drawn once for all particles: the result does not depend on max_batch
         xi = self.randn(tuple(z.shape), problem) if c1 > 0 else None
         new = torch.empty_like(z)
-        data_sum = chi2_sum = grad_sq = 0.0
+        data_sum = chi2_sum = grad_norm_sum = 0.0
         for sl in self.chunks(problem.n):
             eps, grad, ax = self.guided_noise(z[sl], t, a, s, sl, problem, state)
             with torch.no_grad():
@@ -199,13 +200,13 @@ class GuidedDDIM(LatentSolver):
                 y = problem.y_rep[sl]
                 data_sum += float(problem.data_term(ax, y).sum())
                 chi2_sum += float(problem.data_term.reduced_chi2(ax, y).sum())
-                grad_sq += float(grad.flatten(1).pow(2).sum(1).sqrt().sum())
+                grad_norm_sum += float(grad.flatten(1).norm(dim=1).sum())
         state.z = new
         n = problem.n
         return {
             "data": data_sum / n,
             "chi2": chi2_sum / n,
-            "grad_norm": grad_sq / n,
+            "grad_norm": grad_norm_sum / n,
             "kappa": kappa,
         }
 
@@ -217,9 +218,11 @@ class LatentDPS(GuidedDDIM):
     Works with any differentiable physics (linear or not). Per particle and step: one UNet
     forward and backward, one decoder forward and backward.
 
-    :param float zeta: step size :math:`\zeta` of the guidance (DPS code default ``scale`` 1.0;
-        its configurations use 0.3 to 1.0 on FFHQ/ImageNet with images in [-1, 1]). Its units
-        follow ``loss``: with ``"norm"`` it is in latent units per unit of residual norm.
+    :param float zeta: step size :math:`\zeta` of the guidance (DPS code default ``scale`` 1.0,
+        0.3 in its super-resolution configuration, images in [-1, 1]). Its units follow ``loss``:
+        with ``"norm"`` it is in latent units per unit of residual norm. The step does not shrink
+        with the residual, so a :math:`\zeta` too large for the operator's norm over-disperses
+        the samples (see ``tests/test_baselines.py``); tune it per problem class.
     :param str loss: ``"norm"`` (:math:`\|y - Ax\|_2`, DPS), ``"squared"``
         (:math:`\|y - Ax\|_2^2`) or ``"nll"`` (the noise-weighted data term of the solver).
     :param int steps: timesteps of the DDIM grid (default 1000, as the DPS paper's DDPM

@@ -40,9 +40,10 @@ The guidance enters the score, :math:`\nabla\log p_t(z_t \mid y) \approx -\hat\e
 :math:`\kappa_t g_t` with :math:`\kappa_t = \lambda (a' s^2 / a - c_2 s)` to the unguided DDIM
 step. With :math:`\lambda = 1`, ``eta=1`` and a Gaussian prior this is ancestral sampling with the
 exact noisy-posterior score, so the samples converge to the posterior as the grid is refined.
-(The paper's Algorithm 1 and the RED-diff repository's ``pgdm.py`` add the guidance with
-different, heuristic time factors; with :math:`\lambda` tuned per problem the difference is a
-schedule of the step size.)
+Implementations differ in the time factor of the guidance (the RED-diff repository's
+``algos/pgdm.py`` adds it with the factor :math:`\sqrt{\bar\alpha_{t'}}\sqrt{\bar\alpha_t}\lambda`
+and uses a noiseless pseudo-inverse form); the factor here is the one that makes the update the
+DDIM step of the guided score.
 """
 
 from __future__ import annotations
@@ -80,7 +81,7 @@ class PiGDM(GuidedDDIM):
         :class:`~dwgf_sci.operators.matrix.MatrixOperator`, else CG), ``"dense"`` or ``"cg"``.
     :param int cg_iters: most conjugate-gradient iterations per step.
     :param float cg_tol: relative residual tolerance of conjugate gradients.
-    :param int steps: timesteps of the DDIM grid (default 100, the paper's number of steps).
+    :param int steps: timesteps of the DDIM grid (default 100, as in the paper's experiments).
     :param float eta: DDIM stochasticity (default 1.0: DDPM-like ancestral sampling).
     """
 
