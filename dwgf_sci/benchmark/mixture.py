@@ -307,12 +307,14 @@ def oracle_ancestral_sampler(
     n: int,
     steps: int = 200,
     generator: torch.Generator | int | None = None,
+    init: str = "exact",
 ) -> Tensor:
     r"""DDPM ancestral sampling with the exact noisy-posterior score (an oracle, not a method).
 
     On a descending grid :math:`t_1 > \dots > t_S` of the prior's training timesteps
-    (``steps`` points evenly spaced over ``[0, T-1]``), starting from
-    :math:`z_{t_1} \sim \mathcal{N}(0, I)`:
+    (``steps`` points evenly spaced over ``[0, T-1]``), starting from :math:`z_{t_1}` drawn from
+    the exact noised posterior :math:`p(z_{t_1} \mid y)` (``init="exact"``, the default) or from
+    :math:`\mathcal{N}(0, I)` (``init="gaussian"``, what practical samplers do):
 
     .. math::
 
@@ -326,6 +328,15 @@ def oracle_ancestral_sampler(
     posterior (equal to :meth:`GaussianMixturePrior.noisy_posterior_score`, without recomputing
     the posterior at each step).
 
+    Why the exact start is the default: with the linear 1000-step schedule
+    :math:`\sqrt{\bar\alpha_{T-1}} \approx 0.006`, and the means have norm up to
+    :math:`16\sqrt{d}`, so at ``d = 80`` the terminal marginal is off-centre by up to ~0.9 and a
+    standard-normal start biases the mode weights (measured on ``make_mixture_problem(80, 2, 1)``
+    with 3200 samples: total-variation error 0.063 from ``N(0, I)`` against 0.016 from the exact
+    start, the sampling noise being ~0.015). The exact start isolates what this oracle checks:
+    the score, the discretisation and the metric.
+
+    :param init: ``"exact"`` or ``"gaussian"``.
     :return: ``(n, d, 1, 1)`` samples in the posterior's dtype.
     """
     g = _generator(generator)
@@ -337,7 +348,13 @@ def oracle_ancestral_sampler(
     t_max = abar_all.numel() - 1
     grid = torch.unique(torch.linspace(t_max, 0, steps).round().long(), sorted=True).flip(0)
     gdev = g.device if g is not None else post.device
-    z = torch.randn(n, problem.d, generator=g, dtype=torch.float64, device=gdev).to(post.device)
+    if init == "gaussian":
+        z = torch.randn(n, problem.d, generator=g, dtype=torch.float64, device=gdev)
+        z = z.to(post.device)
+    elif init == "exact":
+        z = post.diffuse(float(abar_all[int(grid[0])])).sample(n, g).to(torch.float64)
+    else:
+        raise ConfigError(f"init: expected 'gaussian' or 'exact', found {init!r}")
     for i, t in enumerate(grid.tolist()):
         ab_t = float(abar_all[t])
         score = post.score(z.to(post.dtype), ab_t).to(torch.float64)
