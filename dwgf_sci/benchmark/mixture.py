@@ -19,16 +19,17 @@ Problem (``make_mixture_problem(d, d_y, seed)``)
 * **Posterior**: exact, a 25-component Gaussian mixture
   (:meth:`~dwgf_sci.priors.gaussian_mixture.GaussianMixture.condition`).
 
-Provenance of the choices: the paper's text (Sec. 4.1) gives the means, the unit covariances and
-the grid of dimensions (``d`` in {8, 80, 800}, ``d_y`` in {1, 2, 4}); the weight law, the singular
-values and the noise range follow the public code by the paper's first author
-(``gabrielvc/mcg_diff``, ``scripts/viz_gaussian.py``, and the benchopt benchmark
-``gabrielvc/benchopts_inverse_problem_diffusion_prior``, ``datasets/gaussian_mixture.py``), which
-draws ``weights = randn(25) ** 2`` normalised, ``A`` from the SVD of ``randn(d_y, d)`` with
-singular values replaced by sorted ``rand(d_y)``, and ``std = rand() * max(s)``. The paper's text
-itself was not available to us offline, so where it and that code differ, the code was followed.
-Everything here is re-implemented and drawn from one seeded ``torch.Generator`` in float64, so
-problems are identical per seed but not draw-for-draw identical to the reference code.
+Provenance of the choices: the paper's text could not be consulted here (offline), so every
+choice follows the public code by the paper's first author, ``gabrielvc/mcg_diff``
+(``scripts/viz_gaussian.py``) and the benchopt benchmark
+``gabrielvc/benchopts_inverse_problem_diffusion_prior`` (``datasets/gaussian_mixture.py``): means
+:math:`(-8i, -8j)` tiled ``d/2`` times (the same set of 25 points), identity covariances,
+``weights = randn(25) ** 2`` normalised, ``A`` from the SVD of ``randn(d_y, d)`` with the singular
+values replaced by sorted ``rand(d_y)``, ``std = rand() * max(s)``, ``y`` from one prior draw, and
+``(d_y, d)`` in ``{(1, 8), (2, 8), (4, 8)}`` there (the paper also reports ``d = 80, 800``). Note
+that the weights are :math:`\chi^2_1` draws, not uniform ones. Everything here is re-implemented and
+drawn from one seeded ``torch.Generator`` in float64, so problems are identical per seed but not
+draw-for-draw identical to the reference code.
 
 Evaluation
 ----------
