@@ -31,6 +31,69 @@ divergence (preconditioned SGLD), turning the flow into an approximate posterior
 
 No gradient flows through the UNet: per step the cost is one UNet forward, one decoder
 forward and backward, and (encoder term on) one encoder and one decoder forward per particle.
+
+Annealed split-Gibbs SMC (``scheme="smc"``, the toolkit's default)
+----------------------------------------------------------------
+The flow above is an optimiser: its particles collapse onto modes and do not weigh them. The
+``"smc"`` scheme keeps DWGF's ingredients (the drift :math:`(s/a)\,\epsilon_\theta(a u, t)`
+evaluated without injected noise, and the data term differentiated through the decoder only) but
+arranges them into a sampler whose target is known at every step. With
+:math:`\rho_t = s_t / a_t` (the variance-exploding noise level of timestep :math:`t`) and
+:math:`p_\rho = p_0 * \mathcal{N}(0, \rho^2 I)` the smoothed latent prior, the particles
+:math:`u^{(i)}` target the sequence
+
+.. math::
+
+    \pi_\rho(u) \propto p_\rho(u)\, L(u), \qquad L(u) = p\big(y \mid A(D(u))\big),
+
+along the descending timestep grid; :math:`\pi_\rho` tends to the posterior as
+:math:`\rho \to 0`. Its prior score is the network's,
+:math:`\nabla \log p_\rho(u) = -\epsilon_\theta(a u, t)/\rho`. Each level does
+
+1. **Reweighting** (the particles' interaction). The incremental weight
+   :math:`\pi_{\rho_n}(u)/\pi_{\rho_{n-1}}(u) = p_{\rho_n}(u)/p_{\rho_{n-1}}(u)` (the likelihood
+   cancels) is the expectation
+   :math:`\mathbb{E}_{x \sim p(x \mid u; \rho_n)}\big[\mathcal{N}(u; x, \rho_{n-1}^2)
+   / \mathcal{N}(u; x, \rho_n^2)\big]^{-1}`; with the Tweedie approximation
+   :math:`x \mid u \sim \mathcal{N}(u - \rho_n \hat\epsilon, v_n I)`,
+   :math:`v_n = \rho_n^2/(1+\rho_n^2)` (exact for unit-variance Gaussian data), the Gaussian
+   integral gives
+
+   .. math::
+
+      \log w_n(u) = -\frac{c_n\, \rho_n^2\, \|\hat\epsilon\|^2}{2 (1 - c_n v_n)},
+      \qquad c_n = \rho_n^{-2} - \rho_{n-1}^{-2},
+      \qquad \hat\epsilon = \epsilon_\theta(a_n u, t_n),
+
+   the same network call as the move below, so reweighting is free. Particles of a measurement
+   are resampled (systematic resampling) when the effective sample size falls below
+   ``resample_ess`` times their number.
+2. **Prior half-step** (DWGF's drift with learning rate :math:`\kappa`, plus noise). Split
+   :math:`\rho^2 = \rho'^2 + \delta^2` with :math:`\delta^2 = \kappa\rho^2` (``split``) and
+   write :math:`\pi_\rho(u) = \int p_{\rho'}(v)\,\mathcal{N}(u; v, \delta^2 I)\,dv\; L(u)`.
+   Draw the auxiliary :math:`v \mid u \propto p_{\rho'}(v)\mathcal{N}(u; v, \delta^2)` by its
+   Tweedie-Gaussian approximation
+
+   .. math::
+
+      v = u - \kappa \rho\, \hat\epsilon + \sqrt{\delta^2 (1 + \rho'^2)/(1 + \rho^2)}\;\xi,
+
+   (mean exact, variance exact for unit-variance Gaussian data; :math:`\kappa = 1` is the one-step
+   Tweedie denoiser).
+3. **Likelihood half-step**: draw :math:`u \mid v \propto \mathcal{N}(u; v, \delta^2 I)\, L(u)`.
+   For a Gaussian likelihood, a linear physics and an affine decoder (``likelihood_step="exact"``)
+   this is a Gaussian, sampled exactly from one eigendecomposition of :math:`J^\top J` with
+   :math:`J` the matrix of :math:`u \mapsto A(D(u))` (found once by probing the decoder). Its
+   condition number is :math:`1 + \delta^2 \lambda_{\max}(J^\top J)/\sigma^2`, far better
+   than the posterior's. Otherwise (``"mala"``) ``mala_steps`` Metropolis-adjusted Langevin steps
+   target it (both factors are tractable), each one decoder forward and backward per particle;
+   the step size :math:`\tau = \eta \delta^2` adapts :math:`\eta` per measurement towards the
+   acceptance rate ``mala_accept``.
+
+The output are the particles after the last level (resampled once more if their weights are
+not uniform). Per level and particle the cost is ``sweeps`` UNet forwards and, with
+``"mala"``, ``mala_steps`` decoder forwards and backwards; ``"exact"`` needs ``dim(u) + 1``
+decoder forwards once per call and no decoder pass per level. No gradient flows through the UNet.
 """
 
 from __future__ import annotations
@@ -40,10 +103,12 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
+from deepinv.physics import LinearPhysics
 from torch import Tensor
 
 from ..errors import ConfigError
 from ..priors.base import LatentPrior
+from ..priors.gaussian_mixture import GaussianMixturePrior
 from .base import LatentSolver, Problem
 
 #: Settings of the reference implementation (Adam lr 1.0, 4 particles, a 1000-step DDIM grid,
@@ -65,10 +130,13 @@ REFERENCE: dict[str, Any] = {
     "temperature": 0.0,
     "init": "random",
     "refine_steps": 0,
+    "scheme": "flow",
 }
 
-#: The toolkit's default: noise-level weighted likelihood, score-weighted prior drift and a
-#: Langevin diffusion term; see ``benchmarks/results/`` for the measurements behind it.
+#: The toolkit's default: the annealed split-Gibbs SMC sampler (see the module documentation)
+#: with a noise-level weighted likelihood; ``benchmarks/tune_dwgf_default.py`` holds the
+#: validation-seed measurements behind the numbers. The flow options (optimiser, lr, prior weight)
+#: only matter with ``scheme="flow"``.
 DEFAULT: dict[str, Any] = {
     "particles": 4,
     "steps": 200,
@@ -86,10 +154,36 @@ DEFAULT: dict[str, Any] = {
     "temperature": 1.0,
     "init": "random",
     "refine_steps": 0,
+    "scheme": "smc",
+    "split": 0.5,
+    "resample_ess": 0.5,
+    "sweeps": 1,
+    "likelihood_step": "auto",
+    "mala_steps": 2,
+    "mala_accept": 0.6,
+    "mala_start": "reference",
+}
+
+#: SMC settings used when a preset does not name them (the reference preset is a flow).
+SMC_DEFAULTS: dict[str, Any] = {
+    key: DEFAULT[key]
+    for key in (
+        "split",
+        "resample_ess",
+        "sweeps",
+        "likelihood_step",
+        "mala_steps",
+        "mala_accept",
+        "mala_start",
+    )
 }
 
 PRESETS: dict[str, dict[str, Any]] = {"reference": REFERENCE, "default": DEFAULT}
 OPTIMIZERS = ("adam", "sgd", "psgld")
+SCHEMES = ("flow", "smc")
+LIKELIHOOD_STEPS = ("auto", "exact", "mala")
+#: Largest latent dimension for which ``likelihood_step="auto"`` builds the dense matrix J.
+EXACT_MAX_DIM = 4096
 WEIGHT_SCHEDULES = ("constant", "score")
 INITS = ("random", "pinv")
 
@@ -101,6 +195,26 @@ class DWGFState:
     z: Tensor
     optimizer: torch.optim.Optimizer | None
     sq_avg: Tensor | None = None
+
+
+@dataclass
+class SMCState:
+    """Particles, log-weights and likelihood-step caches of one split-Gibbs SMC run.
+
+    ``z`` are the particles :math:`u` (flattened latents, ``(n, dim)``), ``log_w`` their
+    log-weights ``(batch, particles)``; ``gauss`` holds the exact Gaussian step's
+    eigendecomposition, ``phi``/``grad`` the data term and its gradient at ``z`` (MALA) and
+    ``eta`` the MALA step-size factor per measurement.
+    """
+
+    z: Tensor
+    log_w: Tensor
+    rho2_prev: float | None = None
+    gauss: dict[str, Tensor] | None = None
+    phi: Tensor | None = None
+    grad: Tensor | None = None
+    eta: Tensor | None = None
+    resamples: int = 0
 
 
 class DWGF(LatentSolver):
@@ -134,6 +248,27 @@ class DWGF(LatentSolver):
         :math:`A^\\dagger y`, plus ``init_noise`` per particle).
     :param float init_noise: std of the per-particle perturbation of a ``"pinv"`` start.
     :param int refine_steps: extra steps at the grid's last timestep (a final refinement).
+    :param str scheme: ``"flow"`` (the optimiser-driven flow of the reference, with the options
+        above) or ``"smc"`` (the annealed split-Gibbs SMC sampler of the module documentation;
+        the flow options are then unused).
+    :param float split: :math:`\\kappa \\in (0, 1]`, the share :math:`\\delta^2 = \\kappa\\rho^2`
+        of the noise level handled by the prior half-step (``"smc"``).
+    :param float resample_ess: resample a measurement's particles when their effective sample
+        size falls below this fraction of them; ``0`` switches the reweighting off (an annealed
+        split-Gibbs sampler without weights).
+    :param int sweeps: split-Gibbs sweeps per level (one UNet forward each).
+    :param str likelihood_step: ``"exact"`` (Gaussian data term, linear physics and an affine
+        decoder: exact Gaussian draw), ``"mala"`` (any data term, physics and decoder) or
+        ``"auto"`` (``"exact"`` where it applies and the latent has at most
+        :data:`EXACT_MAX_DIM` entries).
+    :param int mala_steps: MALA steps per level and sweep (one decoder forward and backward
+        each).
+    :param float mala_accept: MALA acceptance rate the step size adapts to.
+    :param str mala_start: where each level's MALA chain starts: ``"reference"`` (a draw of
+        :math:`\\mathcal{N}(v, \\delta^2 I)`, exact where the data say nothing; one more decoder
+        forward and backward per level) or ``"previous"`` (the particle itself: an exactly
+        invariant Metropolis-within-Gibbs step, but it follows :math:`v` slowly when a stiff
+        likelihood forces small steps).
     """
 
     name: ClassVar[str] = "dwgf"
@@ -157,6 +292,14 @@ class DWGF(LatentSolver):
         init_noise: float = 1.0,
         refine_steps: int | None = None,
         precond_power: float = 1.0,
+        scheme: str | None = None,
+        split: float | None = None,
+        resample_ess: float | None = None,
+        sweeps: int | None = None,
+        likelihood_step: str | None = None,
+        mala_steps: int | None = None,
+        mala_accept: float | None = None,
+        mala_start: str | None = None,
         **kwargs: Any,
     ) -> None:
         if preset not in PRESETS:
@@ -174,8 +317,20 @@ class DWGF(LatentSolver):
             "temperature": temperature,
             "init": init,
             "refine_steps": refine_steps,
+            "scheme": scheme,
+            "split": split,
+            "resample_ess": resample_ess,
+            "sweeps": sweeps,
+            "likelihood_step": likelihood_step,
+            "mala_steps": mala_steps,
+            "mala_accept": mala_accept,
+            "mala_start": mala_start,
         }
-        cfg = {**PRESETS[preset], **{k: v for k, v in given.items() if v is not None}}
+        cfg = {
+            **SMC_DEFAULTS,
+            **PRESETS[preset],
+            **{k: v for k, v in given.items() if v is not None},
+        }
         for key in ("particles", "steps", "grid", "data_term"):
             kwargs.setdefault(key, cfg[key])
         super().__init__(prior, **kwargs)
@@ -194,6 +349,14 @@ class DWGF(LatentSolver):
         self.init_noise = float(init_noise)
         self.refine_steps = int(cfg["refine_steps"])
         self.precond_power = float(precond_power)
+        self.scheme = cfg["scheme"]
+        self.split = float(cfg["split"])
+        self.resample_ess = float(cfg["resample_ess"])
+        self.sweeps = int(cfg["sweeps"])
+        self.likelihood_step = cfg["likelihood_step"]
+        self.mala_steps = int(cfg["mala_steps"])
+        self.mala_accept = float(cfg["mala_accept"])
+        self.mala_start = cfg["mala_start"]
         self._check()
 
     @classmethod
@@ -220,6 +383,27 @@ class DWGF(LatentSolver):
             raise ConfigError("temperature > 0 needs optimizer 'sgd' or 'psgld', not 'adam'")
         if self.refine_steps < 0:
             raise ConfigError(f"refine_steps must be >= 0, found {self.refine_steps}")
+        if self.scheme not in SCHEMES:
+            raise ConfigError(f"unknown scheme {self.scheme!r}; choose one of {SCHEMES}")
+        if self.likelihood_step not in LIKELIHOOD_STEPS:
+            raise ConfigError(
+                f"unknown likelihood_step {self.likelihood_step!r}; "
+                f"choose one of {LIKELIHOOD_STEPS}"
+            )
+        if not 0 < self.split <= 1:
+            raise ConfigError(f"split must lie in (0, 1], found {self.split}")
+        if not 0 <= self.resample_ess <= 1:
+            raise ConfigError(f"resample_ess must lie in [0, 1], found {self.resample_ess}")
+        if self.sweeps < 1 or self.mala_steps < 1:
+            raise ConfigError(
+                f"sweeps and mala_steps must be >= 1, found {self.sweeps}, {self.mala_steps}"
+            )
+        if self.mala_start not in ("reference", "previous"):
+            raise ConfigError(
+                f"unknown mala_start {self.mala_start!r}; choose 'reference' or 'previous'"
+            )
+        if not 0 < self.mala_accept < 1:
+            raise ConfigError(f"mala_accept must lie in (0, 1), found {self.mala_accept}")
 
     def settings(self) -> dict[str, Any]:
         """Every setting, including the preset it started from."""
@@ -239,6 +423,14 @@ class DWGF(LatentSolver):
             "init": self.init,
             "init_noise": self.init_noise,
             "refine_steps": self.refine_steps,
+            "scheme": self.scheme,
+            "split": self.split,
+            "resample_ess": self.resample_ess,
+            "sweeps": self.sweeps,
+            "likelihood_step": self.likelihood_step,
+            "mala_steps": self.mala_steps,
+            "mala_accept": self.mala_accept,
+            "mala_start": self.mala_start,
         }
 
     # ------------------------------------------------------------------ loop hooks
@@ -250,8 +442,10 @@ class DWGF(LatentSolver):
             problem.grid = torch.cat([problem.grid, tail])
         return problem
 
-    def init_state(self, problem: Problem) -> DWGFState:
+    def init_state(self, problem: Problem) -> DWGFState | SMCState:
         """Start the particles (random or pseudo-inverse) and the optimiser."""
+        if self.scheme == "smc":
+            return self._smc_init(problem)
         shape = (problem.n, *problem.latent_shape)
         if self.init == "random":
             z = self.randn(shape, problem)
@@ -267,8 +461,12 @@ class DWGF(LatentSolver):
             opt = torch.optim.SGD([z], lr=self.lr)
         return DWGFState(z=z, optimizer=opt)
 
-    def final_latents(self, state: DWGFState, problem: Problem) -> Tensor:
-        """The particles after the last step."""
+    def final_latents(self, state: DWGFState | SMCState, problem: Problem) -> Tensor:
+        """The particles after the last step (SMC: resampled once more if weighted)."""
+        if isinstance(state, SMCState):
+            if bool((state.log_w != 0).any()):
+                self._resample(state, problem, torch.ones(problem.batch, dtype=torch.bool))
+            return state.z.reshape(problem.n, *problem.latent_shape).to(problem.dtype)
         return state.z
 
     def weight(self, ab: float) -> float:
@@ -286,8 +484,12 @@ class DWGF(LatentSolver):
         resp = torch.softmax(-d2 / (2 * s * s), dim=-1)
         return (flat - resp @ flat).reshape(z.shape)
 
-    def step(self, state: DWGFState, i: int, t: int, problem: Problem) -> dict[str, float]:
+    def step(
+        self, state: DWGFState | SMCState, i: int, t: int, problem: Problem
+    ) -> dict[str, float]:
         """One DWGF iteration at timestep ``t`` (see the module docstring)."""
+        if isinstance(state, SMCState):
+            return self._smc_step(state, t, problem)
         z = state.z
         ab = self.alpha_bar(t, problem)
         a, s = math.sqrt(ab), math.sqrt(1.0 - ab)
@@ -362,3 +564,198 @@ class DWGF(LatentSolver):
             z -= step * g
             if self.temperature > 0:
                 z += self.temperature * torch.sqrt(2 * step) * self.randn(tuple(z.shape), problem)
+
+    # ------------------------------------------------------------------ split-Gibbs SMC
+    def _likelihood_mode(self, problem: Problem, dim: int) -> str:
+        """Resolve ``likelihood_step`` (``"auto"``) for this problem; raise if ``"exact"`` cannot
+        apply. Called before any network call."""
+        reasons = []
+        if problem.data_term.kind != "gaussian":
+            reasons.append(f"the data term is {problem.data_term.kind!r}, not 'gaussian'")
+        if not isinstance(problem.physics, LinearPhysics):
+            reasons.append("the physics is not a deepinv LinearPhysics")
+        if not isinstance(self.prior, GaussianMixturePrior):
+            reasons.append("the prior's decoder is not known to be affine")
+        if self.likelihood_step == "exact":
+            if reasons:
+                raise ConfigError("likelihood_step='exact' needs " + "; ".join(reasons))
+            return "exact"
+        if self.likelihood_step == "auto" and not reasons and dim <= EXACT_MAX_DIM:
+            return "exact"
+        return "mala"
+
+    def _gaussian_factors(self, problem: Problem, dim: int) -> dict[str, Tensor]:
+        """Matrix :math:`J` of :math:`u \\mapsto A(D(u))` by probing (``dim + 1`` decoder
+        forwards), the eigendecomposition of :math:`J^\\top J/\\sigma^2` and
+        :math:`J^\\top (y - c)/\\sigma^2` per measurement, :math:`c = A(D(0))`."""
+        f64 = torch.float64
+        basis = torch.eye(dim + 1, dim, device=problem.device, dtype=problem.dtype)
+        basis = basis.roll(1, 0).reshape(dim + 1, *problem.latent_shape)  # row 0: the origin
+        images = self.render_no_grad(basis)
+        with torch.no_grad():
+            ax = torch.cat([problem.physics.A(images[sl]) for sl in self.chunks(dim + 1)])
+        ax = ax.real if torch.is_complex(ax) else ax
+        ax = ax.flatten(1).to(f64)
+        offset, jac = ax[:1], (ax[1:] - ax[:1]).T  # (1, m), (m, dim)
+        sigma = float(problem.data_term.sigma)
+        lam, q = torch.linalg.eigh(jac.T @ jac / sigma**2)
+        y = problem.y.real if torch.is_complex(problem.y) else problem.y
+        jty = (y.flatten(1).to(f64) - offset) @ jac / sigma**2
+        return {"J": jac, "offset": offset, "lam": lam.clamp_min(0), "Q": q, "jty": jty}
+
+    def _exact_draw(self, state: SMCState, v: Tensor, prec0: float, problem: Problem) -> Tensor:
+        """Exact draw of :math:`u \\propto \\mathcal{N}(u; v, \\mathrm{prec0}^{-1} I)\\, L(u)`
+        (Gaussian likelihood, affine :math:`u \\mapsto A(D(u))`)."""
+        g = state.gauss
+        assert g is not None
+        jty = g["jty"].repeat_interleave(problem.particles, 0)
+        prec = prec0 + g["lam"]
+        coef = (v.to(torch.float64) * prec0 + jty) @ g["Q"] / prec
+        noise = self.randn(tuple(v.shape), problem).to(torch.float64)
+        return ((coef + noise / prec.sqrt()) @ g["Q"].T).to(v.dtype)
+
+    def _data_and_grad(self, u: Tensor, problem: Problem) -> tuple[Tensor, Tensor]:
+        """Data term :math:`\\Phi(u)` per particle and its gradient, through the decoder only
+        (one decoder forward and backward per particle)."""
+        phis, grads = [], []
+        for sl in self.chunks(problem.n):
+            zc = u[sl].detach().reshape(-1, *problem.latent_shape).requires_grad_(True)
+            with torch.enable_grad():
+                ax = problem.physics.A(self.render(zc))
+                phi = problem.data_term(ax, problem.y_rep[sl])
+                (grad,) = torch.autograd.grad(phi.sum(), zc)
+            self.prior.calls["decoder_backward"] += zc.shape[0]
+            phis.append(phi.detach().to(u.dtype))
+            grads.append(grad.reshape(zc.shape[0], -1).to(u.dtype))
+        return torch.cat(phis), torch.cat(grads)
+
+    def _smc_init(self, problem: Problem) -> SMCState:
+        """Particles from :math:`\\mathcal{N}(0, (1 + \\rho_0^2) I)` (conditioned exactly on the
+        data with the exact likelihood step), uniform weights."""
+        dim = math.prod(problem.latent_shape)
+        mode = self._likelihood_mode(problem, dim)
+        ab = self.alpha_bar(int(problem.grid[0]), problem)
+        var0 = 1.0 + (1.0 - ab) / ab
+        z = math.sqrt(var0) * self.randn((problem.n, dim), problem)
+        log_w = torch.zeros(problem.batch, problem.particles, device=problem.device)
+        state = SMCState(z=z, log_w=log_w.to(torch.float64))
+        if mode == "exact":
+            state.gauss = self._gaussian_factors(problem, dim)
+            state.z = self._exact_draw(state, torch.zeros_like(z), 1.0 / var0, problem)
+        else:
+            state.phi, state.grad = self._data_and_grad(z, problem)
+            state.eta = torch.full((problem.batch,), 0.1, dtype=torch.float64, device=z.device)
+        return state
+
+    def _resample(self, state: SMCState, problem: Problem, which: Tensor) -> Tensor:
+        """Systematic resampling of the measurements flagged in ``which``; returns the particle
+        index map (identity elsewhere) and resets those measurements' weights."""
+        b, p = problem.batch, problem.particles
+        w = torch.softmax(state.log_w, dim=1)
+        offset = torch.rand(b, 1, generator=problem.generator, device=problem.device)
+        pos = (torch.arange(p, device=problem.device) + offset.to(w.dtype)) / p
+        idx = torch.searchsorted(torch.cumsum(w, 1), pos).clamp_max(p - 1)
+        keep = torch.arange(p, device=problem.device).expand(b, p)
+        mask = which.to(problem.device)[:, None]
+        idx = torch.where(mask, idx, keep)
+        flat = (idx + p * torch.arange(b, device=problem.device)[:, None]).reshape(-1)
+        state.z = state.z[flat]
+        if state.phi is not None and state.grad is not None:
+            state.phi, state.grad = state.phi[flat], state.grad[flat]
+        state.log_w = torch.where(mask, torch.zeros_like(state.log_w), state.log_w)
+        state.resamples += int(which.sum())
+        return flat
+
+    def _mala(self, state: SMCState, v: Tensor, delta2: float, problem: Problem) -> float:
+        """``mala_steps`` MALA steps on :math:`\\mathcal{N}(u; v, \\delta^2 I)\\, e^{-\\Phi(u)}`;
+        returns the mean acceptance rate."""
+        b, p = problem.batch, problem.particles
+        assert state.eta is not None and state.phi is not None and state.grad is not None
+        if self.mala_start == "reference":  # exact in the directions the data do not see
+            u = v + math.sqrt(delta2) * self.randn(tuple(v.shape), problem)
+            phi, grad = self._data_and_grad(u, problem)
+        else:
+            u, phi, grad = state.z, state.phi, state.grad
+
+        def log_target(u: Tensor, phi: Tensor, grad: Tensor) -> tuple[Tensor, Tensor]:
+            return -(u - v).pow(2).sum(1) / (2 * delta2) - phi, -(u - v) / delta2 - grad
+
+        lg, gl = log_target(u, phi, grad)
+        rates = []
+        for _ in range(self.mala_steps):
+            tau = (state.eta * delta2).repeat_interleave(p).to(u.dtype)[:, None]
+            prop = u + tau * gl + (2 * tau).sqrt() * self.randn(tuple(u.shape), problem)
+            phi_p, grad_p = self._data_and_grad(prop, problem)
+            lg_p, gl_p = log_target(prop, phi_p, grad_p)
+            fwd = -(prop - u - tau * gl).pow(2).sum(1) / (4 * tau[:, 0])
+            bwd = -(u - prop - tau * gl_p).pow(2).sum(1) / (4 * tau[:, 0])
+            log_alpha = torch.nan_to_num(lg_p - lg + bwd - fwd, nan=-math.inf)
+            unif = torch.rand(u.shape[0], generator=problem.generator, device=problem.device)
+            acc = torch.log(unif.to(u.dtype)) < log_alpha
+            a2 = acc[:, None]
+            u, phi, grad = torch.where(a2, prop, u), torch.where(acc, phi_p, phi), grad
+            grad = torch.where(a2, grad_p, grad)
+            lg, gl = torch.where(acc, lg_p, lg), torch.where(a2, gl_p, gl)
+            rate = acc.reshape(b, p).to(torch.float64).mean(1)
+            state.eta = (state.eta * torch.exp(2.0 * (rate - self.mala_accept))).clamp(1e-12, 1.0)
+            rates.append(float(rate.mean()))
+        state.z, state.phi, state.grad = u, phi, grad
+        return sum(rates) / len(rates)
+
+    @staticmethod
+    def log_weight_increment(eps: Tensor, rho2: float, rho2_prev: float) -> Tensor:
+        """:math:`\\log p_{\\rho_n}(u) - \\log p_{\\rho_{n-1}}(u)` up to a constant, from
+        :math:`\\hat\\epsilon = \\epsilon_\\theta(a_n u, t_n)` (exact for unit-variance Gaussian
+        data; see the module documentation).
+
+        :param Tensor eps: noise predictions ``(n, ...)`` at the new level.
+        :param float rho2: :math:`\\rho_n^2`; ``rho2_prev``: :math:`\\rho_{n-1}^2 > \\rho_n^2`.
+        :return: ``(n,)`` float64.
+        """
+        c, v_n = 1.0 / rho2 - 1.0 / rho2_prev, rho2 / (1.0 + rho2)
+        sq = eps.to(torch.float64).flatten(1).pow(2).sum(1)
+        return -c * rho2 * sq / (2.0 * (1.0 - c * v_n))
+
+    def _smc_step(self, state: SMCState, t: int, problem: Problem) -> dict[str, float]:
+        """One level of the annealed split-Gibbs SMC sampler (see the module documentation)."""
+        ab = self.alpha_bar(t, problem)
+        a, rho2 = math.sqrt(ab), (1.0 - ab) / ab
+        rho = math.sqrt(rho2)
+        b, p = problem.batch, problem.particles
+        ess, accept = 1.0, float("nan")
+        for sweep in range(self.sweeps):
+            z_t = (a * state.z).reshape(problem.n, *problem.latent_shape).to(problem.dtype)
+            eps = self.predict_noise(z_t, t).reshape(problem.n, -1).to(state.z.dtype)
+            prev = state.rho2_prev
+            if sweep == 0 and self.resample_ess > 0 and prev is not None and rho2 < prev:
+                inc = self.log_weight_increment(eps, rho2, prev)
+                state.log_w = state.log_w + inc.reshape(b, p)
+                w = torch.softmax(state.log_w, dim=1)
+                ess_b = 1.0 / w.pow(2).sum(1) / p
+                ess = float(ess_b.mean())
+                low = ess_b < self.resample_ess
+                if bool(low.any()):
+                    eps = eps[self._resample(state, problem, low)]
+            delta2 = self.split * rho2
+            rest2 = rho2 - delta2
+            noise = self.randn(tuple(state.z.shape), problem)
+            v = state.z - self.split * rho * eps
+            v = v + math.sqrt(delta2 * (1.0 + rest2) / (1.0 + rho2)) * noise
+            if state.gauss is not None:
+                state.z = self._exact_draw(state, v, 1.0 / delta2, problem)
+            else:
+                accept = self._mala(state, v, delta2, problem)
+        state.rho2_prev = rho2
+        info = {"ess": ess, "resamples": float(state.resamples), "rho": rho}
+        if state.gauss is not None:  # A(D(u)) = J u + c: the misfit costs no network call
+            g = state.gauss
+            y = problem.y_rep.real if torch.is_complex(problem.y_rep) else problem.y_rep
+            resid = state.z.to(torch.float64) @ g["J"].T + g["offset"] - y.flatten(1)
+            r2 = resid.pow(2) / float(problem.data_term.sigma) ** 2
+            info["data"] = float(0.5 * r2.sum(1).mean())
+            info["chi2"] = float(r2.mean())
+        else:
+            assert state.phi is not None
+            info["data"] = float(state.phi.mean())
+            info["accept"] = accept
+        return info
