@@ -111,11 +111,24 @@ def build_parser() -> argparse.ArgumentParser:
     rec = sub.add_parser(
         "reconstruct",
         help="sample the posterior of measurement files",
-        description="Reconstruct FITS/HDF5 measurements (files, folders or glob patterns) with "
-        "DWGF and a latent prior; write the posterior mean, std and samples with the input's "
-        "header and full provenance, one output file per input.",
+        description="Reconstruct FITS/HDF5 measurements (files, folders, glob patterns or an "
+        "input list) with DWGF and a latent prior; write the posterior mean, std and samples with "
+        "the input's header and full provenance, one output file per input "
+        "(<stem>_posterior.<ext>). The job keeps its status in OUT/dwgf-manifest.json: a rerun "
+        "skips what is done and retries what failed; one bad input is reported and the rest go "
+        "on; the exit status is 0 only if every input is done. Under torchrun "
+        "(torchrun --nproc_per_node=K -m dwgf_sci.cli reconstruct ...) the inputs are shared "
+        "among the processes; each input's seed derives from --seed and its name, so the outputs "
+        "do not depend on the number of processes.",
     )
-    rec.add_argument("inputs", nargs="+", help="files, folders or glob patterns")
+    rec.add_argument("inputs", nargs="*", help="files, folders or glob patterns")
+    rec.add_argument(
+        "--manifest",
+        default=None,
+        metavar="LIST.txt",
+        help="input list: one file, folder or glob pattern per line (relative to the list's "
+        "folder; '#' comments), optionally followed by a TAB and the output name inside --out",
+    )
     rec.add_argument(
         "--prior", default="galaxy-64", help="prior name or folder (default: galaxy-64)"
     )
@@ -137,7 +150,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="output format (default: the input's)",
     )
     rec.add_argument("--no-samples", action="store_true", help="do not store the samples")
-    rec.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    rec.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        metavar="N",
+        help="CPU threads per process (default: torch's; torchrun sets OMP_NUM_THREADS=1). CPU "
+        "results are bit-identical for the same thread count, whatever the number of processes",
+    )
+    rec.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace existing outputs that this job's inputs and settings did not make (outputs "
+        "the job already made are skipped either way)",
+    )
     return parser
 
 
@@ -192,13 +218,23 @@ def _run_simulate(args: argparse.Namespace) -> int:
 
 
 def _run_reconstruct(args: argparse.Namespace) -> int:
-    from .pipelines.reconstruct import expand_inputs, reconstruct_file
+    from .pipelines.batch import BatchRunner, plan_batch
+    from .pipelines.distributed import batch_comm
+    from .pipelines.manifest import read_input_list
     from .priors import load_prior
     from .solvers import DWGF
 
-    files = expand_inputs(args.inputs)
+    if args.threads is not None:
+        if args.threads < 1:
+            raise DwgfError(f"--threads must be >= 1, found {args.threads}")
+        import torch
+
+        torch.set_num_threads(args.threads)
+    entries = read_input_list(args.manifest) if args.manifest is not None else []
+    items = plan_batch(
+        args.inputs, args.out, base_seed=args.seed, file_type=args.file_type, entries=entries
+    )
     spec = _spec(args)
-    prior = load_prior(args.prior, device=args.device)
     options = {
         "seed": args.seed,
         "progress": not args.quiet,
@@ -209,30 +245,24 @@ def _run_reconstruct(args: argparse.Namespace) -> int:
         options["particles"] = args.particles
     if args.steps is not None:
         options["steps"] = args.steps
-    solver = DWGF(prior, preset=args.preset, **options)
-    failed = 0
-    for path in files:
-        try:
-            result = reconstruct_file(
-                path,
-                solver,
-                args.out,
-                spec=spec,
-                file_type=args.file_type,
-                overwrite=args.overwrite,
-                with_samples=not args.no_samples,
-                prior_name=args.prior,
-            )
-        except DwgfError as exc:
-            failed += 1
-            print(f"dwgf-sci: error: {path}: {exc}", file=sys.stderr)
-            continue
-        scores = " ".join(f"{k}={v:.3g}" for k, v in result.metrics.items())
-        print(f"{path} -> {result.output} ({result.posterior.timing['total_s']:.1f} s) {scores}")
-    if failed:
-        print(f"dwgf-sci: {failed} of {len(files)} input(s) failed", file=sys.stderr)
-        return EXIT_USER_ERROR
-    return 0
+    with batch_comm(args.device) as comm:
+        prior = load_prior(args.prior, device=comm.device)
+        solver = DWGF(prior, preset=args.preset, **options)
+        runner = BatchRunner(
+            items,
+            solver,
+            args.out,
+            spec=spec,
+            with_samples=not args.no_samples,
+            overwrite=args.overwrite,
+            prior_name=args.prior,
+            comm=comm,
+            debug=args.debug,
+        )
+        summary = runner.run()
+    if comm.rank == 0:
+        print(summary.line(runner.manifest_path), file=sys.stdout if summary.ok else sys.stderr)
+    return 0 if summary.ok else EXIT_USER_ERROR
 
 
 COMMANDS = {"demo": _run_demo, "simulate": _run_simulate, "reconstruct": _run_reconstruct}

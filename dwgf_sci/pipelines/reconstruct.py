@@ -12,7 +12,13 @@ import torch
 from astropy.io import fits
 
 from ..errors import ConfigError, FileFormatError
-from ..io.measurement import FITS_SUFFIXES, HDF5_SUFFIXES, Measurement, read_measurement
+from ..io.measurement import (
+    FITS_SUFFIXES,
+    HDF5_SUFFIXES,
+    Measurement,
+    file_format,
+    read_measurement,
+)
 from ..metrics import coverage, psnr, ssim
 from ..operators import build_operator
 from ..operators.specs import canonical_spec
@@ -84,15 +90,22 @@ def physics_for(measurement: Measurement, spec: dict[str, Any] | None = None, de
     return physics, spec, tuple(int(s) for s in img_size)
 
 
-def output_path(path: Path, out_dir: Path, file_type: str | None) -> Path:
-    """``out_dir/<stem>_posterior.<fits|h5>`` (never the input itself)."""
+def split_name(path: Path) -> tuple[str, str]:
+    """``(stem, suffix)`` of a FITS/HDF5 file name, with double suffixes (``.fits.gz``) kept."""
     name = path.name
     for suffix in sorted(FITS_SUFFIXES + HDF5_SUFFIXES, key=len, reverse=True):
-        if name.lower().endswith(suffix):
-            stem, ext = name[: -len(suffix)], suffix
-            break
-    else:  # pragma: no cover - expand_inputs only yields known suffixes
-        stem, ext = path.stem, path.suffix
+        if name.lower().endswith(suffix) and len(name) > len(suffix):
+            return name[: -len(suffix)], name[-len(suffix) :]
+    return path.stem, path.suffix
+
+
+def output_path(path: Path, out_dir: Path, file_type: str | None, stem: str | None = None) -> Path:
+    """``out_dir/<stem>_posterior.<fits|h5>`` (never the input itself).
+
+    :param stem: the stem to use instead of the input's (batch jobs pass a disambiguated one).
+    """
+    own_stem, ext = split_name(path)
+    stem = own_stem if stem is None else stem
     if file_type == "fits":
         ext = ".fits"
     elif file_type == "hdf5":
@@ -126,6 +139,10 @@ def reconstruct_file(
     overwrite: bool = False,
     with_samples: bool = True,
     prior_name: str | None = None,
+    *,
+    target: str | Path | None = None,
+    seed: int | None = None,
+    record: dict[str, Any] | None = None,
 ) -> ReconstructionResult:
     """Reconstruct one measurement file and write its posterior next to the others in ``out_dir``.
 
@@ -133,21 +150,26 @@ def reconstruct_file(
     ``SAMPLES``/``samples``, the input's header when the image has the measurement's shape, and a
     provenance record: input file, its provenance, operator spec, prior, solver settings, timing,
     network calls and, for simulations, PSNR/SSIM/coverage against the stored truth.
+
+    :param target: the output file (default: :func:`output_path` in ``out_dir``); its format
+        follows its suffix.
+    :param seed: the sampler's seed for this input (default: the solver's own seed).
+    :param record: extra provenance fields (a batch job stores its item key and fingerprint).
     """
     path = Path(path)
     out_dir = Path(out_dir)
     measurement = read_measurement(path)
     physics, used, img_size = physics_for(measurement, spec, device=solver.prior.device)
-    target = output_path(path, out_dir, file_type)
+    target = output_path(path, out_dir, file_type) if target is None else Path(target)
     if target.resolve() == path.resolve():
         raise ConfigError(f"the output {target} would replace the input; choose another --out")
     if target.exists() and not overwrite:
         from ..errors import OutputExistsError
 
         raise OutputExistsError(f"{target} exists already; pass --overwrite to replace it")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    target.parent.mkdir(parents=True, exist_ok=True)
     y = measurement.y.to(solver.prior.device)
-    post = solver(y, physics, img_size=img_size)
+    post = solver(y, physics, img_size=img_size, seed=seed)
     scores = quality(post, measurement.truth, physics, y)
     record = {
         "kind": "reconstruction",
@@ -155,12 +177,14 @@ def reconstruct_file(
         "input_provenance": measurement.provenance,
         "operator": used,
         "prior": prior_name,
+        "seed": solver.seed if seed is None else int(seed),
         "metrics": scores,
+        **(record or {}),
     }
     header = None
     if isinstance(measurement.header, fits.Header) and tuple(measurement.y.shape[1:]) == img_size:
         header = measurement.header
-    if target.name.endswith(".fits"):
+    if file_format(target) == "fits":
         post.to_fits(
             target, header=header, overwrite=overwrite, with_samples=with_samples, provenance=record
         )
@@ -172,5 +196,17 @@ def reconstruct_file(
 def reconstruct_files(
     inputs: Sequence[str | Path], solver: LatentSolver, out_dir: str | Path, **kwargs: Any
 ) -> list[ReconstructionResult]:
-    """:func:`reconstruct_file` for every file named by ``inputs`` (paths, folders, globs)."""
-    return [reconstruct_file(p, solver, out_dir, **kwargs) for p in expand_inputs(inputs)]
+    """:func:`reconstruct_file` for every file named by ``inputs`` (paths, folders, globs).
+
+    Outputs are named and seeded as by ``dwgf-sci reconstruct`` (see
+    :func:`~dwgf_sci.pipelines.batch.plan_batch`), so a file gives the same result here, alone or
+    in any batch; this function keeps no status manifest and stops at the first error.
+    """
+    from .batch import plan_batch
+
+    out = Path(out_dir)
+    items = plan_batch(inputs, out, base_seed=solver.seed, file_type=kwargs.get("file_type"))
+    return [
+        reconstruct_file(it.input, solver, out, target=it.output, seed=it.seed, **kwargs)
+        for it in items
+    ]

@@ -1,0 +1,580 @@
+"""Batch reconstruction: many inputs, one output each, resumable, shared over processes.
+
+A job is planned first, identically in every process (:func:`plan_batch`): the inputs (files,
+folders, glob patterns, input lists) become :class:`BatchItem` objects, each with its output file,
+its *key* and its seed. Then each process works on its round-robin share
+(:meth:`Comm.local_indices <dwgf_sci.pipelines.distributed.Comm.local_indices>`) and records every
+item in the job's status manifest (:mod:`dwgf_sci.pipelines.manifest`).
+
+Names
+    An input ``<stem>.<ext>`` gives ``<stem>_posterior.<ext>`` (``--format`` changes the suffix);
+    its key is ``<stem>``. Inputs whose stems are equal (ignoring case, so that case-insensitive
+    file systems are safe) all get ``<stem>_<h>_posterior.<ext>`` and key ``<stem>_<h>``, where
+    ``<h>`` is the first 8 hex digits of the SHA-256 of the shortest trailing part of their paths
+    that tells them apart (``night1/obj.fits``). An input list may name an output explicitly; its
+    key is that name without the suffix.
+
+Seeds
+    Item seed = the first 63 bits of ``SHA-256("dwgf-sci item seed v1", base seed, key)``: it
+    depends on the base ``--seed`` and the item's key only, so an output is the same whatever the
+    order of the inputs, the other inputs, or the number of processes.
+
+Resuming
+    An item is skipped when the manifest records it done with the same *fingerprint* (a hash of
+    the input file's bytes, the key, the seed, the output name and every setting that changes the
+    result: prior, operator, solver settings except ``max_batch``, samples stored or not) and its
+    output has the recorded SHA-256. An output that exists without such a record (the job was
+    killed between writing it and recording it) is kept when its provenance carries the same
+    fingerprint and it reads back whole; any other existing output is an error unless
+    ``--overwrite``. Outputs are written atomically, so a killed job never leaves a partial file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import stat
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import torch
+
+from ..errors import ConfigError, DwgfError, FileFormatError, OutputExistsError
+from ..io import read_fits, read_hdf5, read_provenance
+from ..io.measurement import file_format
+from ..solvers.base import LatentSolver
+from .distributed import Comm
+from .manifest import (
+    MANIFEST_NAME,
+    InputEntry,
+    confined_output,
+    consolidate,
+    job_lock,
+    load_status,
+    part_path,
+    remove_stale_temporaries,
+    utc_now,
+    write_status,
+)
+from .reconstruct import expand_inputs, output_path, reconstruct_file, split_name
+
+__all__ = [
+    "BatchItem",
+    "BatchRunner",
+    "BatchSummary",
+    "is_out_of_memory",
+    "item_seed",
+    "plan_batch",
+]
+
+#: Solver settings that change how a result is computed, not what it is.
+EXECUTION_ONLY = frozenset({"max_batch"})
+_SEED_DOMAIN = "dwgf-sci item seed v1"
+
+
+@dataclass(frozen=True)
+class BatchItem:
+    """One input of a job and what the job makes of it.
+
+    :ivar input: the input file.
+    :ivar output: the output file (inside the output folder).
+    :ivar name: the output's path relative to the output folder (``/`` separators).
+    :ivar key: the item's identity in the job (its manifest key; seeds derive from it).
+    :ivar seed: the sampler's seed for this item (:func:`item_seed`).
+    """
+
+    input: Path
+    output: Path
+    name: str
+    key: str
+    seed: int
+
+
+def item_seed(base_seed: int, key: str) -> int:
+    """The seed of the item ``key`` in a job with base seed ``base_seed`` (0 <= seed < 2**63)."""
+    text = f"{_SEED_DOMAIN}\0{int(base_seed)}\0{key}"
+    digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).digest()
+    return int.from_bytes(digest[:8], "big") >> 1
+
+
+def _short_hash(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+
+
+def _distinct_tails(paths: Sequence[Path]) -> list[str]:
+    """The shortest trailing parts (as many for all) that tell ``paths`` apart, ignoring case."""
+    parts = [p.parts for p in paths]
+    longest = max(len(ps) for ps in parts)
+    for k in range(1, longest + 1):
+        tails = ["/".join(ps[-k:]) for ps in parts]
+        if len({t.casefold() for t in tails}) == len(tails):
+            return tails
+    return ["/".join(ps) for ps in parts]  # pragma: no cover - resolved paths are distinct
+
+
+def _collect(
+    inputs: Sequence[str | Path], entries: Sequence[InputEntry]
+) -> list[tuple[Path, str | None]]:
+    found: list[tuple[Path, str | None]] = [(p, None) for p in expand_inputs(inputs)]
+    for entry in entries:
+        where = f"input list, line {entry.line}"
+        if entry.output is None:
+            try:
+                files = expand_inputs([entry.path])
+            except FileFormatError as exc:
+                raise FileFormatError(f"{where}: {exc}") from None
+            found.extend((p, None) for p in files)
+            continue
+        p = Path(entry.path)
+        if not p.exists():
+            raise FileFormatError(f"{where}: {p}: no such file")
+        try:
+            file_format(p)
+        except FileFormatError as exc:
+            raise FileFormatError(f"{where}: {exc}") from None
+        found.append((p, entry.output))
+    return found
+
+
+def _unique(found: Sequence[tuple[Path, str | None]]) -> list[tuple[Path, str | None]]:
+    """Inputs named more than once (folder and glob, say) are kept once, at their first place."""
+    index: dict[Path, int] = {}
+    unique: list[tuple[Path, str | None]] = []
+    for p, out in found:
+        real = p.resolve()
+        if real not in index:
+            index[real] = len(unique)
+            unique.append((p, out))
+            continue
+        i = index[real]
+        before = unique[i][1]
+        if out is not None and before is not None and out != before:
+            raise ConfigError(f"{p} is listed twice with different outputs: {before!r}, {out!r}")
+        if before is None:
+            unique[i] = (unique[i][0], out)
+    return unique
+
+
+def plan_batch(
+    inputs: Sequence[str | Path],
+    out_dir: str | Path,
+    *,
+    base_seed: int = 0,
+    file_type: str | None = None,
+    entries: Sequence[InputEntry] = (),
+) -> list[BatchItem]:
+    """The items of a job, in input order (see the module docstring for names and seeds).
+
+    :param inputs: files, folders and glob patterns.
+    :param out_dir: the output folder.
+    :param base_seed: the job's ``--seed``.
+    :param file_type: ``"fits"``/``"hdf5"`` to force the outputs' format (named outputs of an
+        input list keep the format of their suffix).
+    :param entries: lines of an input list (:func:`~dwgf_sci.pipelines.manifest.read_input_list`).
+    :raises FileFormatError: an input that matches nothing.
+    :raises ConfigError: no input at all, an output name that leaves the output folder, two inputs
+        with the same output or key.
+    """
+    if not inputs and not entries:
+        raise ConfigError("no input: give files, folders, glob patterns or --manifest LIST")
+    out = Path(out_dir)
+    unique = _unique(_collect(inputs, entries))
+    groups: dict[str, list[int]] = {}
+    for i, (p, name) in enumerate(unique):
+        if name is None:
+            groups.setdefault(split_name(p)[0].casefold(), []).append(i)
+    keys: dict[int, str] = {}
+    for members in groups.values():
+        if len(members) == 1:
+            keys[members[0]] = split_name(unique[members[0]][0])[0]
+            continue
+        tails = _distinct_tails([unique[i][0].resolve() for i in members])
+        for i, tail in zip(members, tails, strict=True):
+            keys[i] = f"{split_name(unique[i][0])[0]}_{_short_hash(tail)}"
+    items: list[BatchItem] = []
+    by_name: dict[str, Path] = {}
+    by_key: dict[str, Path] = {}
+    for i, (p, name) in enumerate(unique):
+        if name is None:
+            key = keys[i]
+            target = output_path(p, out, file_type, stem=key)
+            rel = target.name
+        else:
+            target = confined_output(name, out)
+            rel = name
+            stem = split_name(Path(rel))[0]
+            parent = PurePosixPath(rel).parent
+            key = stem if str(parent) == "." else f"{parent.as_posix()}/{stem}"
+        for table, value, what in ((by_name, rel, "output"), (by_key, key, "key")):
+            other = table.get(value.casefold())
+            if other is not None:
+                raise ConfigError(
+                    f"{other} and {p} would have the same {what} {value!r}; rename one or name "
+                    "the outputs in an input list (INPUT<TAB>OUTPUT)"
+                )
+            table[value.casefold()] = p
+        items.append(BatchItem(p, target, rel, key, item_seed(base_seed, key)))
+    return items
+
+
+# --------------------------------------------------------------------------------------------------
+# running
+# --------------------------------------------------------------------------------------------------
+
+
+def sha256_file(path: Path) -> str:
+    """SHA-256 (hex) of a regular file's bytes.
+
+    :raises FileFormatError: not a regular file (a folder, a FIFO that would block), unreadable.
+    """
+    try:
+        st = path.stat()
+        if not stat.S_ISREG(st.st_mode):
+            raise FileFormatError(f"{path} is not a regular file")
+        digest = hashlib.sha256()
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+    except OSError as exc:
+        raise FileFormatError(f"cannot read {path}: {exc}") from None
+    return digest.hexdigest()
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """True for torch's out-of-memory errors (any device) and Python's MemoryError."""
+    oom = getattr(torch, "OutOfMemoryError", None) or getattr(torch.cuda, "OutOfMemoryError", None)
+    if oom is not None and isinstance(exc, oom):
+        return True
+    if isinstance(exc, MemoryError):
+        return True
+    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+
+
+def out_of_memory_message(solver: LatentSolver) -> str:
+    """What to lower after running out of memory with ``solver``."""
+    device = solver.prior.device
+    per_call = solver.max_batch if solver.max_batch is not None else solver.particles
+    hint = max(1, per_call // 2)
+    return (
+        f"out of memory on {device} with {solver.particles} particle(s), up to {per_call} per "
+        f"network call; lower --max-batch (particles per network call, e.g. --max-batch {hint}) "
+        "or --particles, or use a device with more memory"
+    )
+
+
+def one_line(text: str) -> str:
+    """``text`` with every run of whitespace (newlines too) made one space."""
+    return " ".join(str(text).split())
+
+
+@dataclass
+class BatchSummary:
+    """Counts over the whole job (every process).
+
+    :ivar total: items in the job.
+    :ivar done: items done now or before.
+    :ivar skipped: of those, items done by an earlier run.
+    :ivar failed: items that failed.
+    """
+
+    total: int
+    done: int
+    skipped: int
+    failed: int
+
+    @property
+    def ok(self) -> bool:
+        """True when every item is done."""
+        return self.failed == 0 and self.done == self.total
+
+    def line(self, manifest: Path) -> str:
+        """The one-line summary the CLI prints."""
+        already = f" ({self.skipped} already done)" if self.skipped else ""
+        return (
+            f"dwgf-sci: {self.total} input(s): {self.done} done{already}, {self.failed} failed; "
+            f"status in {manifest}"
+        )
+
+
+def _batch_record(path: Path) -> dict[str, Any] | None:
+    """The ``batch`` field of an output's provenance, or None when it cannot be read."""
+    try:
+        record = read_provenance(path)
+    except DwgfError:
+        return None
+    batch = record.get("batch") if isinstance(record, dict) else None
+    return batch if isinstance(batch, dict) else None
+
+
+def _reads_back(path: Path) -> bool:
+    """True when the posterior mean of an output reads back (no truncation, finite)."""
+    try:
+        if file_format(path) == "fits":
+            read_fits(path)
+        else:
+            read_hdf5(path, key="mean")
+    except DwgfError:
+        return False
+    return True
+
+
+class BatchRunner:
+    """Run the items of a job that fall to this process, recording each one.
+
+    :param items: the job's items (:func:`plan_batch`), the same list in every process.
+    :param solver: the sampler (its ``seed`` is the job's base seed).
+    :param out_dir: the output folder.
+    :param spec: operator spec overriding the files' own (``--operator``), or None.
+    :param with_samples: store the posterior samples in the outputs.
+    :param overwrite: replace existing outputs that this job's settings did not make.
+    :param prior_name: the prior's name or folder, for provenance and fingerprints.
+    :param comm: the job's processes (:func:`~dwgf_sci.pipelines.distributed.batch_comm`).
+    :param debug: let unexpected errors raise (with their traceback) instead of recording them.
+    :param echo: where progress lines go (default: stdout); errors go to ``echo_err``.
+    """
+
+    def __init__(
+        self,
+        items: Sequence[BatchItem],
+        solver: LatentSolver,
+        out_dir: str | Path,
+        *,
+        spec: dict[str, Any] | None = None,
+        with_samples: bool = True,
+        overwrite: bool = False,
+        prior_name: str | None = None,
+        comm: Comm | None = None,
+        debug: bool = False,
+        echo: Callable[[str], None] | None = None,
+        echo_err: Callable[[str], None] | None = None,
+    ) -> None:
+        self.items = list(items)
+        self.solver = solver
+        self.out_dir = Path(out_dir)
+        self.spec = spec
+        self.with_samples = with_samples
+        self.overwrite = overwrite
+        self.prior_name = prior_name
+        self.comm = comm or Comm()
+        self.debug = debug
+        self.echo = echo or (lambda s: print(s, flush=True))
+        self.echo_err = echo_err or (lambda s: print(s, file=sys.stderr, flush=True))
+        self.job = self._job_settings()
+
+    # ------------------------------------------------------------------ identity
+    def _job_settings(self) -> dict[str, Any]:
+        settings = {k: v for k, v in self.solver.settings().items() if k not in EXECUTION_ONLY}
+        prior = self.prior_name
+        if prior is not None and Path(prior).is_dir():
+            prior = str(Path(prior).resolve())
+        return {
+            "solver": settings,
+            "operator": self.spec,
+            "prior": prior,
+            "with_samples": bool(self.with_samples),
+        }
+
+    def fingerprint(self, item: BatchItem, input_sha256: str) -> str:
+        """Hash of everything that determines ``item``'s output."""
+        doc = {
+            "job": self.job,
+            "key": item.key,
+            "seed": item.seed,
+            "output": item.name,
+            "input_sha256": input_sha256,
+        }
+        text = json.dumps(doc, sort_keys=True, ensure_ascii=True, default=str)
+        return hashlib.sha256(text.encode("ascii")).hexdigest()[:32]
+
+    # ------------------------------------------------------------------ the job
+    @property
+    def manifest_path(self) -> Path:
+        """The job's status manifest."""
+        return self.out_dir / MANIFEST_NAME
+
+    def _prefix(self) -> str:
+        return f"[rank {self.comm.rank}] " if self.comm.distributed else ""
+
+    def _prepare(self, stack: contextlib.ExitStack) -> None:
+        """Process 0: lock the folder, delete a killed job's temporaries, merge leftover parts."""
+        error: DwgfError | None = None
+        if self.comm.rank == 0:
+            try:
+                stack.enter_context(job_lock(self.out_dir))
+                remove_stale_temporaries(self.out_dir, {it.name for it in self.items})
+                consolidate(self.out_dir)
+            except DwgfError as exc:
+                error = exc
+        (failed,) = self.comm.sum([error is not None])
+        if error is not None:
+            raise error
+        if failed:
+            raise ConfigError("process 0 could not prepare the output folder (see its message)")
+
+    def run(self) -> BatchSummary:
+        """Work on this process's items; return the counts of the whole job."""
+        try:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise FileFormatError(
+                f"cannot create the output folder {self.out_dir}: {exc}"
+            ) from None
+        if self.comm.rank != 0:
+            self.solver.progress = False
+        with contextlib.ExitStack() as stack:
+            self._prepare(stack)
+            previous = load_status(self.out_dir)
+            self.comm.barrier()  # every process has read the status before any part is written
+            if self.comm.distributed:
+                own: dict[str, dict[str, Any]] = {}
+                target = part_path(self.out_dir, self.comm.rank)
+            else:
+                own = dict(previous)
+                target = self.manifest_path
+            done = skipped = failed = 0
+            for i in self.comm.local_indices(len(self.items)):
+                item = self.items[i]
+                status, entry = self._process(item, previous.get(item.key))
+                done += status in ("done", "skipped")
+                skipped += status == "skipped"
+                failed += status == "failed"
+                if entry is not None:
+                    own[item.key] = entry
+                    write_status(target, own)
+            self.comm.barrier()
+            merge_error: DwgfError | None = None
+            if self.comm.rank == 0 and self.comm.distributed:
+                try:
+                    consolidate(self.out_dir)
+                except DwgfError as exc:
+                    merge_error = exc
+            done, skipped, failed, merge_failed = self.comm.sum(
+                [done, skipped, failed, merge_error is not None]
+            )
+            if merge_error is not None:
+                raise merge_error
+            if merge_failed:
+                raise ConfigError("process 0 could not merge the job status (see its message)")
+        return BatchSummary(len(self.items), done, skipped, failed)
+
+    # ------------------------------------------------------------------ one item
+    def _check_existing(
+        self, item: BatchItem, previous: dict[str, Any] | None, fp: str
+    ) -> tuple[str, bool]:
+        """What to do with an existing output: ``("skip"|"adopt"|"write", overwrite)``."""
+        if isinstance(previous, dict) and previous.get("fingerprint") == fp:
+            recorded = previous.get("status") == "done" and previous.get("output") == item.name
+            if recorded:
+                if previous.get("sha256") == sha256_file(item.output):
+                    return "skip", False
+                self.echo_err(
+                    f"{self._prefix()}dwgf-sci: warning: {item.output} changed since it was "
+                    "written (checksum mismatch); computing it again"
+                )
+                return "write", True
+        batch = _batch_record(item.output)
+        if (
+            batch is not None
+            and batch.get("fingerprint") == fp
+            and batch.get("key") == item.key
+            and _reads_back(item.output)
+        ):
+            return "adopt", False
+        if not self.overwrite:
+            raise OutputExistsError(
+                f"{item.output} exists already and was not made with this job's input and "
+                "settings; pass --overwrite to replace it, or choose another --out"
+            )
+        return "write", True
+
+    def _process(
+        self, item: BatchItem, previous: dict[str, Any] | None
+    ) -> tuple[str, dict[str, Any] | None]:
+        """Reconstruct one item unless it is done; never raises for a bad input."""
+        start = time.perf_counter()
+        entry: dict[str, Any] = {
+            "input": str(item.input),
+            "output": item.name,
+            "seed": item.seed,
+            "rank": self.comm.rank,
+        }
+        try:
+            fp = self.fingerprint(item, sha256_file(item.input))
+            entry["fingerprint"] = fp
+            overwrite = self.overwrite
+            if item.output.exists() or item.output.is_symlink():
+                action, overwrite = self._check_existing(item, previous, fp)
+                if action == "skip":
+                    self.echo(f"{self._prefix()}{item.input}: done already ({item.output})")
+                    return "skipped", None
+                if action == "adopt":
+                    self.echo(
+                        f"{self._prefix()}{item.input} -> {item.output} (kept: written by an "
+                        "earlier run of this job)"
+                    )
+                    entry.update(self._done_fields(item, start))
+                    entry["adopted"] = True
+                    return "done", entry
+            result = reconstruct_file(
+                item.input,
+                self.solver,
+                self.out_dir,
+                spec=self.spec,
+                overwrite=overwrite,
+                with_samples=self.with_samples,
+                prior_name=self.prior_name,
+                target=item.output,
+                seed=item.seed,
+                record={"batch": {"key": item.key, "fingerprint": fp}},
+            )
+            entry.update(self._done_fields(item, start))
+        except DwgfError as exc:
+            return "failed", self._failed(entry, item, str(exc), start)
+        except Exception as exc:
+            if is_out_of_memory(exc):
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+                return "failed", self._failed(
+                    entry, item, out_of_memory_message(self.solver), start
+                )
+            if self.debug:
+                raise
+            reason = (
+                f"unexpected error ({type(exc).__name__}: {exc}); rerun with --debug for the "
+                "traceback and please report it"
+            )
+            return "failed", self._failed(entry, item, reason, start)
+        scores = " ".join(f"{k}={v:.3g}" for k, v in result.metrics.items())
+        self.echo(
+            f"{self._prefix()}{item.input} -> {item.output} ({entry['seconds']:.1f} s) {scores}"
+        )
+        return "done", entry
+
+    def _done_fields(self, item: BatchItem, start: float) -> dict[str, Any]:
+        return {
+            "status": "done",
+            "sha256": sha256_file(item.output),
+            "bytes": item.output.stat().st_size,
+            "seconds": round(time.perf_counter() - start, 3),
+            "finished": utc_now(),
+        }
+
+    def _failed(
+        self, entry: dict[str, Any], item: BatchItem, reason: str, start: float
+    ) -> dict[str, Any]:
+        reason = one_line(reason)
+        self.echo_err(f"{self._prefix()}dwgf-sci: error: {item.input}: {reason}")
+        entry.update(
+            {
+                "status": "failed",
+                "error": reason,
+                "seconds": round(time.perf_counter() - start, 3),
+                "finished": utc_now(),
+            }
+        )
+        return entry
