@@ -164,7 +164,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="replace existing outputs that this job's inputs and settings did not make (outputs "
         "the job already made are skipped either way)",
     )
+    _add_train_prior_parser(sub)
     return parser
+
+
+def _add_train_prior_parser(sub: argparse._SubParsersAction) -> None:
+    """The ``train-prior`` subcommand (options: :mod:`dwgf_sci.training.cli`)."""
+    from .training.cli import add_train_prior_arguments
+
+    train = sub.add_parser(
+        "train-prior",
+        help="train a latent-diffusion prior on your images (or fine-tune Stable Diffusion)",
+    )
+    add_train_prior_arguments(train)
 
 
 def _spec(args: argparse.Namespace):
@@ -265,7 +277,14 @@ def _run_reconstruct(args: argparse.Namespace) -> int:
     return 0 if summary.ok else EXIT_USER_ERROR
 
 
+def _run_train_prior(args: argparse.Namespace) -> int:
+    from .training.cli import run_train_prior
+
+    return run_train_prior(args)
+
+
 COMMANDS = {"demo": _run_demo, "simulate": _run_simulate, "reconstruct": _run_reconstruct}
+COMMANDS["train-prior"] = _run_train_prior
 
 
 def main(argv: Sequence[str] | None = None) -> int:

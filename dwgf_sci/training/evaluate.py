@@ -1,0 +1,351 @@
+r"""Acceptance metrics of trained priors (issue 4): autoencoder fidelity and sample statistics.
+
+* **VAE reconstruction PSNR** (:func:`reconstruction_psnr`): each held-out image ``x`` (physical
+  units) goes through ``from_model(decode(encode(to_model(x))))``; the PSNR is computed per image
+  on **that image's** data range :math:`R = \max x - \min x`,
+  :math:`10 \log_{10}(R^2 / \mathrm{MSE})`, then averaged (mean, in dB) over the images.
+* **Distribution of prior samples** (:func:`ks_statistics`): the two-sample Kolmogorov-Smirnov
+  statistic (``scipy.stats.ks_2samp``) between a scalar statistic of prior samples (DDIM, see
+  :func:`~dwgf_sci.training.sampling.sample_prior`) and of held-out images:
+
+  - galaxies (:func:`galaxy_statistics`): **total flux** (sum of the pixels) and **half-light
+    radius**, the radius of the circle around the flux centroid that holds half of the flux
+    (pixels clipped at 0 for this one; computed exactly on the pixel grid by sorting the pixels
+    by distance, linear interpolation between the two pixels that straddle half the flux). It is
+    a simple flux-weighted radius rather than GalSim's adaptive moments, which fail (no
+    convergence) on a part of generated samples and so would bias the comparison;
+  - CT phantoms (:func:`phantom_statistics`): **support area**, the number of pixels of the
+    object: pixels above ``threshold`` (default 0.05 1/cm, a quarter of water's attenuation at
+    ~70 keV), holes filled (air pockets inside the body belong to the body); and **mean
+    attenuation**, the mean value over that support.
+
+  Images whose statistic is undefined (no positive flux) are dropped and counted.
+* The held-out images are generated with :data:`HELD_OUT_SEED`, never used for training (the
+  training command generates with ``--data-seed``, 0 by default).
+
+:func:`evaluate_prior` computes everything for a prior folder and :func:`write_metrics` writes
+``prior_metrics.json`` and ``prior_metrics.md`` next to it (``benchmarks/prior_metrics.py`` is
+the command-line front end).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..errors import ConfigError, ShapeError
+from ..priors.base import LatentPrior
+
+__all__ = [
+    "ACCEPTANCE",
+    "HELD_OUT_SEED",
+    "evaluate_prior",
+    "galaxy_statistics",
+    "half_light_radius",
+    "image_statistics",
+    "ks_statistics",
+    "per_image_psnr",
+    "phantom_statistics",
+    "reconstruction_psnr",
+    "write_metrics",
+]
+
+#: Seed of the held-out evaluation images (the training data use other seeds).
+HELD_OUT_SEED = 1_000_003
+#: Acceptance targets of issue 4: minimum mean VAE PSNR (dB), maximum KS statistic.
+ACCEPTANCE: dict[str, dict[str, float]] = {
+    "galaxies": {"vae_psnr_db": 35.0, "ks": 0.15},
+    "phantoms": {"vae_psnr_db": 30.0, "ks": 0.15},
+}
+#: Default support threshold of the CT statistics (1/cm).
+SUPPORT_THRESHOLD = 0.05
+
+
+def _as_numpy(x: Tensor | np.ndarray) -> np.ndarray:
+    arr = x.detach().cpu().double().numpy() if torch.is_tensor(x) else np.asarray(x, np.float64)
+    if arr.ndim == 4:
+        if arr.shape[1] != 1:
+            raise ShapeError(f"expected single-channel images (N, 1, H, W), found {arr.shape}")
+        arr = arr[:, 0]
+    if arr.ndim != 3:
+        raise ShapeError(f"expected images (N, H, W) or (N, 1, H, W), found shape {arr.shape}")
+    return arr
+
+
+# ---------------------------------------------------------------------- fidelity
+def per_image_psnr(x: Tensor, reference: Tensor) -> np.ndarray:
+    """PSNR (dB) of each image of ``x`` against ``reference`` on the reference's own range.
+
+    :param Tensor x: ``(N, C, H, W)``.
+    :param Tensor reference: same shape.
+    :return: ``(N,)`` array (``inf`` for exact reconstructions).
+    """
+    if x.shape != reference.shape:
+        raise ShapeError(f"shapes differ: {tuple(x.shape)} vs {tuple(reference.shape)}")
+    ref = reference.detach().double().flatten(1)
+    err = (x.detach().double().flatten(1) - ref).pow(2).mean(dim=1)
+    rng = (ref.max(dim=1).values - ref.min(dim=1).values).clamp_min(1e-300)
+    with np.errstate(divide="ignore"):
+        return (10.0 * torch.log10(rng.pow(2) / err)).cpu().numpy()
+
+
+@torch.no_grad()
+def reconstruction_psnr(prior: LatentPrior, x: Tensor, batch_size: int = 64) -> np.ndarray:
+    """Per-image PSNR (dB) of the prior's autoencoder on images ``x`` in physical units.
+
+    :param LatentPrior prior: the prior (its ``to_model``/``from_model`` map is applied).
+    :param Tensor x: ``(N, C, H, W)`` physical images.
+    :param int batch_size: images per network call.
+    """
+    out = []
+    for start in range(0, x.shape[0], int(batch_size)):
+        chunk = x[start : start + int(batch_size)].to(prior.device, torch.float32)
+        rec = prior.from_model(prior.decode(prior.encode(prior.to_model(chunk))))
+        out.append(rec.float().cpu())
+    return per_image_psnr(torch.cat(out), x.float().cpu())
+
+
+# ---------------------------------------------------------------------- statistics
+def half_light_radius(x: Tensor | np.ndarray) -> np.ndarray:
+    """Radius (pixels) around the flux centroid enclosing half the (clipped) flux, per image.
+
+    :param x: ``(N, H, W)`` or ``(N, 1, H, W)`` images.
+    :return: ``(N,)``; NaN where an image has no positive flux.
+    """
+    img = np.clip(_as_numpy(x), 0.0, None)
+    n, h, w = img.shape
+    flat = img.reshape(n, -1)
+    flux = flat.sum(axis=1)
+    yy, xx = np.meshgrid(
+        np.arange(h, dtype=np.float64), np.arange(w, dtype=np.float64), indexing="ij"
+    )
+    safe = np.where(flux > 0, flux, 1.0)
+    cy = (flat * yy.reshape(1, -1)).sum(axis=1) / safe
+    cx = (flat * xx.reshape(1, -1)).sum(axis=1) / safe
+    r = np.hypot(yy.reshape(1, -1) - cy[:, None], xx.reshape(1, -1) - cx[:, None])
+    order = np.argsort(r, axis=1, kind="stable")
+    r_sorted = np.take_along_axis(r, order, axis=1)
+    cum = np.cumsum(np.take_along_axis(flat, order, axis=1), axis=1)
+    half = 0.5 * flux
+    k = np.argmax(cum >= half[:, None], axis=1)
+    rows = np.arange(n)
+    r_hi, c_hi = r_sorted[rows, k], cum[rows, k]
+    r_lo = np.where(k > 0, r_sorted[rows, np.maximum(k - 1, 0)], 0.0)
+    c_lo = np.where(k > 0, cum[rows, np.maximum(k - 1, 0)], 0.0)
+    frac = np.where(c_hi > c_lo, (half - c_lo) / np.where(c_hi > c_lo, c_hi - c_lo, 1.0), 1.0)
+    radius = r_lo + frac * (r_hi - r_lo)
+    return np.where(flux > 0, radius, np.nan)
+
+
+def galaxy_statistics(x: Tensor | np.ndarray) -> dict[str, np.ndarray]:
+    """Total flux (sum of pixels) and half-light radius (pixels) of each galaxy image."""
+    arr = _as_numpy(x)
+    return {"total_flux": arr.sum(axis=(1, 2)), "half_light_radius": half_light_radius(arr)}
+
+
+def phantom_statistics(
+    x: Tensor | np.ndarray, threshold: float = SUPPORT_THRESHOLD
+) -> dict[str, np.ndarray]:
+    """Support area (pixels above ``threshold``, holes filled) and mean attenuation over it."""
+    from scipy.ndimage import binary_fill_holes
+
+    arr = _as_numpy(x)
+    support = np.stack([binary_fill_holes(a > float(threshold)) for a in arr])
+    area = support.sum(axis=(1, 2)).astype(np.float64)
+    total = np.where(support, arr, 0.0).sum(axis=(1, 2))
+    mean = np.where(area > 0, total / np.where(area > 0, area, 1.0), np.nan)
+    return {"mean_attenuation": mean, "support_area": area}
+
+
+def image_statistics(x: Tensor | np.ndarray, kind: str) -> dict[str, np.ndarray]:
+    """The statistics compared for ``kind``: ``"galaxies"``, ``"phantoms"`` or ``"generic"``
+    (mean and standard deviation of the pixels of each image)."""
+    if kind == "galaxies":
+        return galaxy_statistics(x)
+    if kind == "phantoms":
+        return phantom_statistics(x)
+    if kind == "generic":
+        arr = _as_numpy(x)
+        return {"pixel_mean": arr.mean(axis=(1, 2)), "pixel_std": arr.std(axis=(1, 2))}
+    raise ConfigError(f"unknown kind {kind!r}; expected galaxies, phantoms or generic")
+
+
+def ks_statistics(samples: Tensor, reference: Tensor, kind: str) -> dict[str, dict[str, float]]:
+    """Two-sample KS statistic and p-value per statistic of ``kind`` (see the module docstring).
+
+    :return: ``{name: {"ks", "p_value", "n_samples", "n_reference", "dropped",
+        "sample_median", "reference_median"}}``.
+    """
+    from scipy.stats import ks_2samp
+
+    a, b = image_statistics(samples, kind), image_statistics(reference, kind)
+    out: dict[str, dict[str, float]] = {}
+    for name in a:
+        va, vb = a[name][np.isfinite(a[name])], b[name][np.isfinite(b[name])]
+        if va.size == 0 or vb.size == 0:
+            out[name] = {"ks": 1.0, "p_value": 0.0, "n_samples": int(va.size)}
+            continue
+        res = ks_2samp(va, vb)
+        out[name] = {
+            "ks": float(res.statistic),
+            "p_value": float(res.pvalue),
+            "n_samples": int(va.size),
+            "n_reference": int(vb.size),
+            "dropped": int(a[name].size - va.size),
+            "sample_median": float(np.median(va)),
+            "reference_median": float(np.median(vb)),
+        }
+    return out
+
+
+# ---------------------------------------------------------------------- the whole evaluation
+def held_out_images(kind: str, n: int, size: int, seed: int = HELD_OUT_SEED) -> Tensor:
+    """``n`` held-out galaxies or phantoms (``(n, 1, size, size)``, physical units)."""
+    from ..datasets import GalaxyDataset, PhantomDataset
+
+    if kind == "galaxies":
+        ds: Any = GalaxyDataset(n, size=size, seed=seed)
+    elif kind == "phantoms":
+        ds = PhantomDataset(n, size=size, seed=seed)
+    else:
+        raise ConfigError(f"unknown dataset {kind!r}; expected galaxies or phantoms")
+    return torch.stack([ds[i] for i in range(n)])
+
+
+def evaluate_prior(
+    prior: LatentPrior,
+    kind: str,
+    n: int = 200,
+    n_samples: int | None = None,
+    reference: Tensor | None = None,
+    sample_steps: int = 50,
+    seed: int = 0,
+    eta: float = 0.0,
+    data_seed: int = HELD_OUT_SEED,
+) -> dict[str, Any]:
+    """Acceptance metrics of a prior on held-out data.
+
+    :param LatentPrior prior: the prior (with a native image size).
+    :param str kind: ``"galaxies"`` or ``"phantoms"`` (or ``"generic"`` with ``reference``).
+    :param int n: held-out images (generated with ``data_seed``) when ``reference`` is None.
+    :param n_samples: prior samples (default ``n``).
+    :param reference: held-out images to use instead of generated ones.
+    :param int sample_steps: DDIM steps.
+    :param int seed: seed of the samples.
+    :param float eta: DDIM stochasticity.
+    :param int data_seed: seed of the generated held-out images.
+    :return: JSON-serialisable dict: ``vae_psnr_db`` (mean, median, min, n), ``ks``
+        (per statistic), ``pass`` (against :data:`ACCEPTANCE` when known), timings.
+    """
+    from .sampling import sample_prior
+
+    if prior.image_size is None:
+        raise ConfigError("the prior has no native image size")
+    t0 = time.perf_counter()
+    if reference is None:
+        reference = held_out_images(kind, int(n), int(prior.image_size[0]), seed=int(data_seed))
+    t_data = time.perf_counter() - t0
+    psnr = reconstruction_psnr(prior, reference)
+    t1 = time.perf_counter()
+    count = int(n_samples or reference.shape[0])
+    samples = sample_prior(prior, count, steps=int(sample_steps), eta=float(eta), seed=int(seed))
+    t_samples = time.perf_counter() - t1
+    ks = ks_statistics(samples, reference, kind)
+    finite = psnr[np.isfinite(psnr)]
+    result: dict[str, Any] = {
+        "kind": kind,
+        "vae_psnr_db": {
+            "mean": float(np.mean(finite)) if finite.size else float("inf"),
+            "median": float(np.median(psnr)),
+            "min": float(np.min(psnr)),
+            "n": int(psnr.size),
+        },
+        "ks": ks,
+        "n_reference": int(reference.shape[0]),
+        "n_samples": count,
+        "sample_steps": int(sample_steps),
+        "eta": float(eta),
+        "seed": int(seed),
+        "data_seed": int(data_seed),
+        "timings_s": {
+            "held_out_data": t_data,
+            "sampling": t_samples,
+            "total": time.perf_counter() - t0,
+        },
+    }
+    target = ACCEPTANCE.get(kind)
+    if target is not None:
+        checks = {"vae_psnr": result["vae_psnr_db"]["mean"] >= target["vae_psnr_db"]}
+        for name, entry in ks.items():
+            checks[f"ks_{name}"] = entry["ks"] <= target["ks"]
+        result["targets"] = target
+        result["pass"] = checks
+        result["all_pass"] = all(checks.values())
+    return result
+
+
+def _fmt(value: float) -> str:
+    return f"{value:.3f}" if math.isfinite(value) else str(value)
+
+
+def metrics_markdown(result: Mapping[str, Any], title: str = "Prior metrics") -> str:
+    """A markdown table of :func:`evaluate_prior` results."""
+    psnr = result["vae_psnr_db"]
+    target = result.get("targets", {})
+    checks = result.get("pass", {})
+    lines = [
+        f"# {title}",
+        "",
+        f"Held-out {result['kind']}: {result['n_reference']} images (seed {result['data_seed']}); "
+        f"{result['n_samples']} prior samples (DDIM, {result['sample_steps']} steps, eta "
+        f"{result['eta']:g}, seed {result['seed']}).",
+        "",
+        "| metric | value | target | pass |",
+        "|---|---|---|---|",
+        f"| VAE reconstruction PSNR, mean (dB) | {_fmt(psnr['mean'])} "
+        f"(median {_fmt(psnr['median'])}, min {_fmt(psnr['min'])}) | "
+        f">= {target.get('vae_psnr_db', '-')} | {checks.get('vae_psnr', '-')} |",
+    ]
+    for name, entry in result["ks"].items():
+        lines.append(
+            f"| KS statistic, {name.replace('_', ' ')} | {_fmt(entry['ks'])} (p = "
+            f"{entry['p_value']:.2g}; median {entry.get('sample_median', float('nan')):.4g} vs "
+            f"{entry.get('reference_median', float('nan')):.4g}) | <= {target.get('ks', '-')} | "
+            f"{checks.get('ks_' + name, '-')} |"
+        )
+    lines += ["", f"Evaluation time: {result['timings_s']['total']:.1f} s."]
+    return "\n".join(lines) + "\n"
+
+
+def write_metrics(
+    result: Mapping[str, Any], folder: str | os.PathLike[str], stem: str = "prior_metrics"
+) -> tuple[Path, Path]:
+    """Write ``<stem>.json`` and ``<stem>.md`` into ``folder`` (atomically)."""
+    from ..io.atomic import atomic_output
+
+    root = Path(folder)
+    record = {
+        **dict(result),
+        "machine": {
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+        },
+    }
+    json_path, md_path = root / f"{stem}.json", root / f"{stem}.md"
+    with atomic_output(json_path, overwrite=True) as tmp:
+        tmp.write_text(json.dumps(record, indent=2, default=float) + "\n", encoding="utf-8")
+    with atomic_output(md_path, overwrite=True) as tmp:
+        tmp.write_text(metrics_markdown(result), encoding="utf-8")
+    return json_path, md_path
