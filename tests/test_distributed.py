@@ -1,0 +1,122 @@
+"""``torchrun`` with 2 CPU processes (gloo): sharded batch, merged status, same outputs as one
+process."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from astropy.io import fits
+
+from dwgf_sci.cli import main
+from dwgf_sci.operators import resolve_spec
+from dwgf_sci.pipelines.distributed import Comm, batch_comm
+from dwgf_sci.pipelines.manifest import MANIFEST_NAME
+from dwgf_sci.pipelines.simulate import simulate
+from dwgf_sci.priors.tiny import build_tiny_latent_prior
+
+
+@pytest.fixture(scope="module")
+def prior_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("prior") / "tiny"
+    build_tiny_latent_prior(image_size=32, seed=0).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("obs")
+    simulate("galaxies", resolve_spec("psf", ["fwhm=3"]), folder, n=3, size=32)
+    (folder / "broken.fits").write_bytes(b"not a FITS file at all")
+    return folder
+
+
+def job(inputs, prior_dir, out):
+    return [
+        "reconstruct",
+        str(inputs),
+        "--prior",
+        str(prior_dir),
+        "--out",
+        str(out),
+        "--steps",
+        "2",
+        "--particles",
+        "2",
+        "--threads",
+        "1",
+        "--quiet",
+    ]
+
+
+def torchrun(args, nproc=2):
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    command += [f"--nproc_per_node={nproc}", "-m", "dwgf_sci.cli", *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=900)
+
+
+def test_single_process_context_is_plain(monkeypatch):
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    with batch_comm("cpu") as comm:
+        assert (comm.rank, comm.world_size, comm.distributed) == (0, 1, False)
+        assert comm.local_indices(3) == [0, 1, 2] and comm.sum([2, 3]) == [2, 3]
+        comm.barrier()
+    assert Comm().local_indices(2) == [0, 1]
+
+
+@pytest.mark.slow
+def test_torchrun_two_cpu_processes_match_one_process(tmp_path, inputs, prior_dir, capsys):
+    before = torch.get_num_threads()
+    try:
+        single = tmp_path / "single"
+        assert main(job(inputs, prior_dir, single)) == 2  # broken.fits fails, the rest is done
+    finally:
+        torch.set_num_threads(before)
+    capsys.readouterr()
+    out = tmp_path / "two"
+    run = torchrun(job(inputs, prior_dir, out))
+    text = run.stdout + run.stderr
+    assert run.returncode != 0, text  # a worker exited with status 2: torchrun fails too
+    assert "[rank 0]" in text and "[rank 1]" in text
+    assert "dwgf-sci: 4 input(s): 3 done, 1 failed" in text
+    assert "broken.fits" in text and "corrupt or not FITS" in text
+    items = json.loads((out / MANIFEST_NAME).read_text())["items"]
+    assert {k: v["status"] for k, v in items.items()} == {
+        "broken": "failed",
+        "obs_00000": "done",
+        "obs_00001": "done",
+        "obs_00002": "done",
+    }
+    assert {e["rank"] for e in items.values()} == {0, 1}
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == [
+        MANIFEST_NAME,
+        "obs_00000_posterior.fits",
+        "obs_00001_posterior.fits",
+        "obs_00002_posterior.fits",
+    ]  # parts merged and removed, no partial output
+    reference = json.loads((single / MANIFEST_NAME).read_text())["items"]
+    for key, entry in items.items():
+        assert entry["seed"] == reference[key]["seed"]
+        if entry["status"] != "done":
+            continue
+        with fits.open(out / entry["output"]) as a, fits.open(single / entry["output"]) as b:
+            for name in ("PRIMARY", "STD", "SAMPLES"):
+                np.testing.assert_array_equal(a[name].data, b[name].data, err_msg=name)
+    # repaired input, rerun under torchrun: only it is computed
+    shutil.copy(inputs / "obs_00000.fits", tmp_path / "fixed.fits")
+    (inputs / "broken.fits").write_bytes((tmp_path / "fixed.fits").read_bytes())
+    try:
+        rerun = torchrun(job(inputs, prior_dir, out))
+    finally:
+        (inputs / "broken.fits").write_bytes(b"not a FITS file at all")
+    text = rerun.stdout + rerun.stderr
+    assert rerun.returncode == 0, text
+    assert "4 input(s): 4 done (3 already done), 0 failed" in text
+    items = json.loads((out / MANIFEST_NAME).read_text())["items"]
+    assert {e["status"] for e in items.values()} == {"done"}
