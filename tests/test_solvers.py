@@ -40,8 +40,82 @@ def test_default_preset_matches_gaussian_posterior():
     assert mean_err < 0.2, mean_err
     assert 0.7 < float(var_ratio.mean()) < 1.4, var_ratio
     # the reference preset collapses its particles: far too little spread (a known property)
-    ref = DWGF.reference(prior, particles=64, steps=200, seed=3)(y, physics)
+    ref = DWGF.reference(prior, particles=16, steps=100, seed=3)(y, physics)
     assert float((ref.samples.flatten(1).var(0) / cov.diagonal()).mean()) < 0.3
+
+
+def test_mala_likelihood_step_matches_gaussian_posterior():
+    # the generic likelihood step (any decoder, any data term) on the same problem
+    prior, physics, y, mean, cov = gaussian_problem()
+    post = DWGF(prior, particles=256, steps=60, likelihood_step="mala", seed=3)(y, physics)
+    s = post.samples.flatten(1).double()
+    sd = cov.diagonal().sqrt().double()
+    assert float(((s.mean(0) - mean.double()) / sd).pow(2).mean().sqrt()) < 0.25
+    assert 0.7 < float((s.var(0) / cov.diagonal().double()).mean()) < 1.4
+    assert 0.2 < post.history[-1]["accept"] < 0.95
+
+
+def test_smc_weight_increment_is_exact_for_unit_gaussian_data():
+    # log p_rho_n(u) - log p_rho_{n-1}(u) from the network's noise prediction alone
+    d = 3
+    prior = GaussianMixturePrior(torch.ones(1), torch.tensor([[1.0, -2.0, 0.5]]).double())
+    u = 3 * torch.randn(64, d, 1, 1, generator=torch.Generator().manual_seed(0)).double()
+    t_new, t_old = 300, 320
+    ab = prior.alphas_cumprod
+    r2n, r2o = [float((1 - ab[t]) / ab[t]) for t in (t_new, t_old)]
+
+    def log_p_rho(r2):  # density of u = z_t / a with z_t ~ p_t
+        return prior.log_prob(u / math.sqrt(1 + r2), t_new if r2 == r2n else t_old)
+
+    eps = prior.predict_noise(u / math.sqrt(1 + r2n), t_new)
+    inc = DWGF.log_weight_increment(eps, r2n, r2o)
+    exact = log_p_rho(r2n) - log_p_rho(r2o)
+    torch.testing.assert_close(inc - inc.mean(), exact - exact.mean(), rtol=1e-8, atol=1e-8)
+
+
+def test_smc_reweighting_gets_the_mode_weights():
+    # two modes, the measurement favours one: the weights move mass between modes, which local
+    # moves alone (no reweighting, or the Langevin flow) cannot do
+    d, sigma = 4, 1.5
+    means = torch.zeros(2, d, dtype=torch.float64)
+    means[0], means[1] = 3.0, -3.0
+    prior = GaussianMixturePrior(torch.tensor([0.5, 0.5]), means)
+    a = torch.zeros(1, d, dtype=torch.float64)
+    a[0, 0] = 1.0
+    physics = MatrixOperator(a, img_size=(d, 1, 1))
+    physics.set_noise_model(dinv.physics.GaussianNoise(sigma))
+    y = torch.tensor([[1.0]], dtype=torch.float64)
+    exact = float(prior.posterior(a, y, sigma).weights[0])  # 0.864
+
+    def first_mode(**kw):
+        post = DWGF(prior, particles=500, steps=50, seed=0, **kw)(y, physics)
+        return float((post.samples.reshape(-1, d).sum(1) > 0).double().mean())
+
+    assert abs(first_mode() - exact) < 0.06
+    assert abs(first_mode(resample_ess=0.0) - exact) > 0.12
+
+
+def test_smc_options_are_checked():
+    prior, physics, y, *_ = gaussian_problem()
+    for kw, match in [
+        ({"split": 0.0}, "split"),
+        ({"split": 1.5}, "split"),
+        ({"resample_ess": 2.0}, "resample_ess"),
+        ({"sweeps": 0}, "sweeps"),
+        ({"likelihood_step": "newton"}, "likelihood_step"),
+        ({"mala_accept": 1.0}, "mala_accept"),
+        ({"mala_start": "middle"}, "mala_start"),
+        ({"scheme": "ode"}, "scheme"),
+    ]:
+        with pytest.raises(ConfigError, match=match):
+            DWGF(prior, **kw)
+    # an exact Gaussian step needs a Gaussian data term: refused before any network call
+    prior.reset_calls()
+    with pytest.raises(ConfigError, match="gaussian"):
+        DWGF(prior, likelihood_step="exact", data_term="mse", steps=3)(y, physics)
+    assert sum(prior.calls.values()) == 0
+    settings = DWGF(prior).settings()
+    assert settings["scheme"] == "smc" and DWGF.reference(prior).settings()["scheme"] == "flow"
 
 
 def test_reference_preset_settings():
@@ -69,9 +143,19 @@ def test_network_calls_per_step_and_history():
     }
     assert [i for i, _ in seen] == list(range(5)) and seen[0][1] > seen[-1][1]
     assert len(post.history) == 5 and {"data", "chi2", "t"} <= set(post.history[0])
-    # without the encoder term, no encoder call and one decoder pass per particle and step
-    post = DWGF(prior, particles=3, steps=5)(y, physics)
+    # the flow without the encoder term: one decoder pass per particle and step
+    post = DWGF(prior, scheme="flow", particles=3, steps=5)(y, physics)
     assert post.calls == {"unet": 15, "decoder": 15 + 3, "decoder_backward": 15}
+    # default (split-Gibbs SMC, exact Gaussian likelihood step): one UNet forward per particle and
+    # step; the decoder only to probe J once (d + 1 = 9 images) and to render the samples
+    post = DWGF(prior, particles=3, steps=5)(y, physics)
+    assert post.calls == {"unet": 15, "decoder": 9 + 3}
+    assert {"ess", "data", "chi2"} <= set(post.history[-1])
+    # MALA likelihood step: per level a reference draw plus mala_steps proposals, each one decoder
+    # forward and backward; one more pair at the start
+    post = DWGF(prior, particles=3, steps=5, likelihood_step="mala", mala_steps=2)(y, physics)
+    passes = 3 + 3 * 5 * (1 + 2)
+    assert post.calls == {"unet": 15, "decoder": passes + 3, "decoder_backward": passes}
 
 
 def test_same_seed_same_samples_and_chunking():

@@ -630,18 +630,24 @@ class DWGF(LatentSolver):
         return torch.cat(phis), torch.cat(grads)
 
     def _smc_init(self, problem: Problem) -> SMCState:
-        """Particles from :math:`\\mathcal{N}(0, (1 + \\rho_0^2) I)` (conditioned exactly on the
-        data with the exact likelihood step), uniform weights."""
+        """Particles from :math:`\\mathcal{N}(m, (1 + \\rho_0^2) I)` (conditioned exactly on the
+        data with the exact likelihood step), uniform weights; :math:`m = 0`, or the encoded
+        :math:`A^\\dagger y` with the variance scaled by ``init_noise**2`` (``init="pinv"``)."""
         dim = math.prod(problem.latent_shape)
         mode = self._likelihood_mode(problem, dim)
         ab = self.alpha_bar(int(problem.grid[0]), problem)
         var0 = 1.0 + (1.0 - ab) / ab
-        z = math.sqrt(var0) * self.randn((problem.n, dim), problem)
+        centre = torch.zeros((problem.n, dim), device=problem.device, dtype=problem.dtype)
+        if self.init == "pinv":
+            z0 = self.encode_physical(self.pseudo_inverse(problem)).to(problem.dtype)
+            centre = z0.reshape(problem.batch, dim).repeat_interleave(problem.particles, 0)
+            var0 *= self.init_noise**2
+        z = centre + math.sqrt(var0) * self.randn((problem.n, dim), problem)
         log_w = torch.zeros(problem.batch, problem.particles, device=problem.device)
         state = SMCState(z=z, log_w=log_w.to(torch.float64))
         if mode == "exact":
             state.gauss = self._gaussian_factors(problem, dim)
-            state.z = self._exact_draw(state, torch.zeros_like(z), 1.0 / var0, problem)
+            state.z = self._exact_draw(state, centre, 1.0 / var0, problem)
         else:
             state.phi, state.grad = self._data_and_grad(z, problem)
             state.eta = torch.full((problem.batch,), 0.1, dtype=torch.float64, device=z.device)
