@@ -171,8 +171,9 @@ class BatchedRunsDWGF(DWGF):
     def init_state(self, problem: Problem) -> DWGFState:
         """DWGF's start, with Adam's epsilon divided by the batch (element-mean data term)."""
         state = super().init_state(problem)
-        if isinstance(state.optimizer, torch.optim.Adam) and problem.data_term.kind == "mse":
-            for group in state.optimizer.param_groups:
+        opt = getattr(state, "optimizer", None)  # the SMC scheme has no optimiser
+        if isinstance(opt, torch.optim.Adam) and problem.data_term.kind == "mse":
+            for group in opt.param_groups:
                 group["eps"] = group["eps"] / problem.batch
         return state
 
@@ -194,13 +195,21 @@ def make_solver(method: str, prior: GaussianMixturePrior, n: int, **kw: Any) -> 
     raise ValueError(f"unknown method {method!r}; choose from {METHODS}")
 
 
-def method_defaults(method: str) -> tuple[float | None, int]:
-    """Default value of the tuned parameter and default number of steps of a method."""
+def method_defaults(method: str) -> tuple[float | None, int, dict[str, Any]]:
+    """Default value of the tuned parameter (``None``: not tuned), default number of steps and
+    solver settings of a method.
+
+    DWGF's default preset is tuned on its ``lr`` only when it is a flow (``scheme="flow"``); the
+    SMC scheme has no learning rate and ships with its own validation-tuned settings.
+    """
     if method == "oracle":
-        return None, ORACLE_STEPS
+        return None, ORACLE_STEPS, {"solver": "oracle-ancestral", "steps": ORACLE_STEPS}
     prior = make_mixture_problem(8, 1, 0).prior
     solver = make_solver(method, prior, 2)
-    return float(getattr(solver, PARAM[method])), int(solver.steps)
+    settings = solver.settings()
+    if getattr(solver, "scheme", "flow") != "flow":
+        return None, int(solver.steps), settings
+    return float(getattr(solver, PARAM[method])), int(solver.steps), settings
 
 
 def draw(
@@ -464,6 +473,12 @@ def render_markdown(data: dict[str, Any]) -> str:
             f"| {m} | {run['steps']} | {c['samples']} | {statistics.fmean(walls):.1f} | "
             f"{c['threads']} x {c['jobs']} | {c['dtype']} |"
         )
+    lines += ["", "## Solver settings", ""]
+    skip = {"seed", "max_batch", "noise_sigma"}
+    for m in methods:
+        st = data["runs"][m].get("solver_settings", {})
+        text = ", ".join(f"{k}={v}" for k, v in st.items() if k not in skip)
+        lines.append(f"- `{m}`: {text}")
     lines += ["", "## Machine", ""]
     for m in methods[:1]:
         for k, v in data["runs"][m]["machine"].items():
@@ -560,7 +575,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             for m, f in FACTORS.items()
         }
         val_problems = {d: v[:1] for d, v in val_problems.items()}
-    tuned = [m for m in args.methods if m in PARAM and not args.no_tune]
+    tuned = [
+        m for m in args.methods if m in PARAM and defaults[m][0] is not None and not args.no_tune
+    ]
     if args.reuse_tuning:
         tuned = [m for m in tuned if any(str(d) not in data["tuning"].get(m, {}) for d in dims)]
 
@@ -604,8 +621,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         tuning_rows.setdefault(r["method"], []).append(r)
     chosen: dict[tuple[str, int], float | None] = {}
     for m in args.methods:
-        if m not in PARAM:
+        if m not in PARAM or defaults[m][0] is None:
             chosen.update({(m, d): None for d in dims})
+            data["tuning"].pop(m, None)
             continue
         data["tuning"].setdefault(m, {})
         for d in dims:
@@ -667,6 +685,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "wall_s": wall,
             "steps": steps_of(m) or defaults[m][1],
             "machine": machine,
+            "solver_settings": defaults[m][2],
             "config": {
                 "samples": n,
                 "tune_samples": n_tune,

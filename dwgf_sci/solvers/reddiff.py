@@ -41,7 +41,7 @@ import torch
 from ..errors import ConfigError
 from ..priors.base import LatentPrior
 from .base import Problem
-from .dwgf import DWGF, DWGFState
+from .dwgf import DWGF
 
 __all__ = ["REDDIFF", "REDDiff"]
 
@@ -99,10 +99,10 @@ class REDDiff(DWGF):
         """Every setting, with ``preset="reddiff"``."""
         return {**super().settings(), "independent_runs": self.independent_runs}
 
-    def init_state(self, problem: Problem) -> DWGFState:
+    def init_state(self, problem: Problem) -> Any:
         """DWGF's start; Adam's epsilon scaled for independent runs (element-mean data term)."""
         state = super().init_state(problem)
-        opt = state.optimizer
+        opt = getattr(state, "optimizer", None)
         if (
             self.independent_runs
             and isinstance(opt, torch.optim.Adam)
