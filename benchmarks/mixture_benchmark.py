@@ -656,6 +656,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     "scores": {},
                     "chosen": defaults[m][0],
                 }
+    if tasks:  # checkpoint: a later run can resume from here with --reuse-tuning
+        json_path.write_text(json.dumps(data, indent=1) + "\n")
     # test problems
     tasks = [
         {
