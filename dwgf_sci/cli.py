@@ -230,6 +230,16 @@ def _run_simulate(args: argparse.Namespace) -> int:
 
 
 def _run_reconstruct(args: argparse.Namespace) -> int:
+    from .pipelines.batch import one_line
+
+    try:
+        return _reconstruct(args)
+    except DwgfError as exc:  # one line, whatever the file names or --set values hold
+        exc.args = (one_line(str(exc)),)
+        raise
+
+
+def _reconstruct(args: argparse.Namespace) -> int:
     from .pipelines.batch import BatchRunner, plan_batch
     from .pipelines.distributed import batch_comm
     from .pipelines.manifest import read_input_list
@@ -237,8 +247,8 @@ def _run_reconstruct(args: argparse.Namespace) -> int:
     from .solvers import DWGF
 
     if args.threads is not None:
-        if args.threads < 1:
-            raise DwgfError(f"--threads must be >= 1, found {args.threads}")
+        if not 1 <= args.threads <= 4096:
+            raise DwgfError(f"--threads must be between 1 and 4096, found {args.threads}")
         import torch
 
         torch.set_num_threads(args.threads)

@@ -26,7 +26,7 @@ import h5py
 import torch
 from astropy.io import fits
 
-from ..errors import FileFormatError
+from ..errors import FileFormatError, ShapeError
 from .fits import read_fits, write_fits
 from .hdf5 import read_hdf5, write_hdf5
 from .provenance import read_provenance
@@ -148,6 +148,11 @@ def read_measurement(path: str | Path, hdu: int | str = 0, key: str = "y") -> Me
     if key == "y" and "y" not in keys and "x" in keys:
         key = "x"
     y, attrs = read_hdf5(p, key=key, as_image=False)
+    if y.ndim == 0 or y.numel() == 0:
+        raise ShapeError(
+            f"HDF5 file {p} dataset {key!r}: expected a measurement array, found shape "
+            f"{tuple(y.shape)}"
+        )
     if y.ndim == 2 and "operator" not in attrs:  # a plain (H, W) image
         y = y[None, None]
     elif y.ndim == 1 or y.shape[0] != 1:

@@ -268,8 +268,16 @@ def out_of_memory_message(solver: LatentSolver) -> str:
 
 
 def one_line(text: str) -> str:
-    """``text`` with every run of whitespace (newlines too) made one space."""
-    return " ".join(str(text).split())
+    """``text`` on one line: line breaks become spaces, other control characters escapes."""
+    text = str(text).replace("\r\n", " ").replace("\n", " ")
+    out = []
+    for ch in text:
+        code = ord(ch)
+        if code < 32 or 0x7F <= code < 0xA0 or ch in "\u2028\u2029":
+            out.append(f"\\x{code:02x}" if code < 256 else f"\\u{code:04x}")
+        else:
+            out.append(ch)
+    return "".join(out).strip()
 
 
 @dataclass
@@ -295,7 +303,7 @@ class BatchSummary:
     def line(self, manifest: Path) -> str:
         """The one-line summary the CLI prints."""
         already = f" ({self.skipped} already done)" if self.skipped else ""
-        return (
+        return one_line(
             f"dwgf-sci: {self.total} input(s): {self.done} done{already}, {self.failed} failed; "
             f"status in {manifest}"
         )
@@ -568,7 +576,7 @@ class BatchRunner:
         self, entry: dict[str, Any], item: BatchItem, reason: str, start: float
     ) -> dict[str, Any]:
         reason = one_line(reason)
-        self.echo_err(f"{self._prefix()}dwgf-sci: error: {item.input}: {reason}")
+        self.echo_err(one_line(f"{self._prefix()}dwgf-sci: error: {item.input}: {reason}"))
         entry.update(
             {
                 "status": "failed",

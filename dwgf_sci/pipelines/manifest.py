@@ -89,7 +89,7 @@ class InputEntry:
 
 def utc_now() -> str:
     """The current UTC time, ISO 8601 with a ``Z`` (seconds)."""
-    now = _dt.datetime.now(_dt.UTC).replace(microsecond=0)
+    now = _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0)
     return now.isoformat().replace("+00:00", "Z")
 
 
