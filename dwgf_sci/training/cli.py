@@ -25,7 +25,8 @@ Stable Diffusion folder (--init-from). The output folder loads with
 dwgf_sci.priors.load_prior(FOLDER) and holds a model card (README.md), loss_curve.png and
 samples.png. Checkpoints are written every --checkpoint-every steps; run the same command with
 --resume to continue an interrupted run (same result as an uninterrupted one). Several GPUs or
-processes: torchrun --nproc_per_node K -m dwgf_sci.cli train-prior ...
+processes: torchrun --nproc_per_node K -m dwgf_sci.cli train-prior ... (the global batch
+is split over the processes).
 """
 
 _EPILOG = """\
@@ -33,6 +34,8 @@ examples:
   dwgf-sci train-prior --data my_images.h5 --out my-prior/
   dwgf-sci train-prior --dataset galaxies --n 2000 --size 64 --stretch asinh --out galaxy-64/
   dwgf-sci train-prior --data 'stamps/*.fits' --init-from sd-1.5/ --unet-steps 2000 --out sd-ft/
+  torchrun --standalone --nproc_per_node 2 -m dwgf_sci.cli train-prior --dataset phantoms \
+      --n-images 2000 --out ct-64/
 """
 
 
@@ -94,7 +97,15 @@ def add_train_prior_arguments(p: argparse.ArgumentParser) -> None:
         choices=("galaxies", "phantoms"),
         help="generate galsim galaxies or CT phantoms on the fly (deterministic)",
     )
-    data.add_argument("--n", type=int, default=None, help="images to generate" + _show("n"))
+    data.add_argument(
+        "--n",
+        "--n-images",
+        dest="n",
+        type=int,
+        default=None,
+        help="images to generate; spell it --n-images after torchrun, whose own options "
+        "start with --n" + _show("n"),
+    )
     data.add_argument(
         "--size", type=int, default=None, help="side of generated images" + _show("size")
     )

@@ -10,10 +10,9 @@ r"""Acceptance metrics of trained priors (issue 4): autoencoder fidelity and sam
 
   - galaxies (:func:`galaxy_statistics`): **total flux** (sum of the pixels) and **half-light
     radius**, the radius of the circle around the flux centroid that holds half of the flux
-    (pixels clipped at 0 for this one; computed exactly on the pixel grid by sorting the pixels
-    by distance, linear interpolation between the two pixels that straddle half the flux). It is
-    a simple flux-weighted radius rather than GalSim's adaptive moments, which fail (no
-    convergence) on a part of generated samples and so would bias the comparison;
+    (pixels clipped at 0 for this one; see :func:`half_light_radius`). It is a simple
+    flux-weighted radius rather than GalSim's adaptive moments, which can fail to converge on
+    poor samples and would then have to drop them, biasing the comparison;
   - CT phantoms (:func:`phantom_statistics`): **support area**, the number of pixels of the
     object: pixels above ``threshold`` (default 0.05 1/cm, a quarter of water's attenuation at
     ~70 keV), holes filled (air pockets inside the body belong to the body); and **mean
@@ -116,35 +115,38 @@ def reconstruction_psnr(prior: LatentPrior, x: Tensor, batch_size: int = 64) -> 
 
 
 # ---------------------------------------------------------------------- statistics
-def half_light_radius(x: Tensor | np.ndarray) -> np.ndarray:
+def half_light_radius(x: Tensor | np.ndarray, supersample: int = 4) -> np.ndarray:
     """Radius (pixels) around the flux centroid enclosing half the (clipped) flux, per image.
 
+    Each pixel is split into ``supersample`` x ``supersample`` sub-pixels sharing its flux, the
+    sub-pixels are sorted by distance to the centroid, and the radius where their cumulative flux
+    reaches half the total is interpolated. With 4 x 4 sub-pixels the radius of a pixelated
+    Gaussian is within about 2 % of the exact value down to 1 pixel.
+
     :param x: ``(N, H, W)`` or ``(N, 1, H, W)`` images.
+    :param int supersample: sub-pixels per pixel and axis.
     :return: ``(N,)``; NaN where an image has no positive flux.
     """
     img = np.clip(_as_numpy(x), 0.0, None)
     n, h, w = img.shape
-    flat = img.reshape(n, -1)
-    flux = flat.sum(axis=1)
-    yy, xx = np.meshgrid(
-        np.arange(h, dtype=np.float64), np.arange(w, dtype=np.float64), indexing="ij"
-    )
-    safe = np.where(flux > 0, flux, 1.0)
-    cy = (flat * yy.reshape(1, -1)).sum(axis=1) / safe
-    cx = (flat * xx.reshape(1, -1)).sum(axis=1) / safe
-    r = np.hypot(yy.reshape(1, -1) - cy[:, None], xx.reshape(1, -1) - cx[:, None])
-    order = np.argsort(r, axis=1, kind="stable")
-    r_sorted = np.take_along_axis(r, order, axis=1)
-    cum = np.cumsum(np.take_along_axis(flat, order, axis=1), axis=1)
-    half = 0.5 * flux
-    k = np.argmax(cum >= half[:, None], axis=1)
-    rows = np.arange(n)
-    r_hi, c_hi = r_sorted[rows, k], cum[rows, k]
-    r_lo = np.where(k > 0, r_sorted[rows, np.maximum(k - 1, 0)], 0.0)
-    c_lo = np.where(k > 0, cum[rows, np.maximum(k - 1, 0)], 0.0)
-    frac = np.where(c_hi > c_lo, (half - c_lo) / np.where(c_hi > c_lo, c_hi - c_lo, 1.0), 1.0)
-    radius = r_lo + frac * (r_hi - r_lo)
-    return np.where(flux > 0, radius, np.nan)
+    s = int(supersample)
+    sub = (np.arange(s) + 0.5) / s - 0.5
+    shape = (h, w, s, s)
+    yy, xx = np.mgrid[:h, :w].astype(np.float64)
+    ys = np.broadcast_to(yy[:, :, None, None] + sub[None, None, :, None], shape).ravel()
+    xs = np.broadcast_to(xx[:, :, None, None] + sub[None, None, None, :], shape).ravel()
+    out = np.full(n, np.nan)
+    for i in range(n):
+        flux = img[i].sum()
+        if not flux > 0:
+            continue
+        cy, cx = (img[i] * yy).sum() / flux, (img[i] * xx).sum() / flux
+        values = np.broadcast_to(img[i][:, :, None, None] / (s * s), shape).ravel()
+        radius = np.hypot(ys - cy, xs - cx)
+        order = np.argsort(radius, kind="stable")
+        cum = np.cumsum(values[order])
+        out[i] = float(np.interp(0.5 * flux, cum, radius[order]))
+    return out
 
 
 def galaxy_statistics(x: Tensor | np.ndarray) -> dict[str, np.ndarray]:
@@ -228,7 +230,7 @@ def evaluate_prior(
     n: int = 200,
     n_samples: int | None = None,
     reference: Tensor | None = None,
-    sample_steps: int = 50,
+    sample_steps: int = 100,
     seed: int = 0,
     eta: float = 0.0,
     data_seed: int = HELD_OUT_SEED,

@@ -82,7 +82,7 @@ def loss_curve_png(history: dict[str, list[float]], path: Path) -> Path:
         ax.set_xlabel("step")
         ax.set_title(titles.get(name, name))
         ax.legend(fontsize=8)
-    fig.tight_layout()
+    fig.subplots_adjust(left=0.08, right=0.98, bottom=0.15, top=0.9, wspace=0.25)
     with atomic_output(path, overwrite=True) as tmp:
         fig.savefig(tmp, dpi=100, format="png")
     plt.close(fig)
@@ -116,14 +116,13 @@ def sample_grid_png(data: Tensor, samples: Tensor, path: Path, title: str = "") 
         (axes[0], data, "validation images"),
         (axes[1], samples, "prior samples"),
     ):
-        cmap = plt.get_cmap("gray").copy()
-        cmap.set_bad("white")
+        cmap = plt.get_cmap("gray").with_extremes(bad="white")
         ax.imshow(_mosaic(images[:_GRID, :1]), cmap=cmap, vmin=-1.0, vmax=1.0)
         ax.set_title(name)
         ax.axis("off")
     if title:
         fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
+    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.02, top=0.88, wspace=0.05)
     with atomic_output(path, overwrite=True) as tmp:
         fig.savefig(tmp, dpi=100, format="png")
     plt.close(fig)

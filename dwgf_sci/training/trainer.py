@@ -405,7 +405,8 @@ def _flip_variants(x: Tensor, augment: str) -> list[Tensor]:
 
 
 # ---------------------------------------------------------------------- output folder
-def _prepare_out(config: TrainConfig, ctx: DistContext) -> Path:
+def _check_out(config: TrainConfig) -> Path:
+    """Refuse an output folder that holds a prior or checkpoints (unless told otherwise)."""
     out = Path(config.out).expanduser()
     if out.exists() and not out.is_dir():
         raise FileFormatError(f"--out {out} exists and is not a folder")
@@ -422,12 +423,18 @@ def _prepare_out(config: TrainConfig, ctx: DistContext) -> Path:
             f"{out} holds checkpoints of an unfinished run; pass --resume to continue it or "
             "--overwrite to start over"
         )
+    return out
+
+
+def _prepare_out(config: TrainConfig, ctx: DistContext) -> None:
+    """Create the output folder; with ``overwrite`` (and no ``resume``) drop old checkpoints."""
+    out = Path(config.out).expanduser()
     if ctx.is_main:
         out.mkdir(parents=True, exist_ok=True)
+        ckpts = out / "checkpoints"
         if config.overwrite and not config.resume and ckpts.exists():
             shutil.rmtree(ckpts)
     ctx.barrier()
-    return out
 
 
 # ---------------------------------------------------------------------- the two kinds of run
@@ -523,7 +530,7 @@ def train_prior(
                 f"multiples of the number of processes ({ctx.world_size})"
             )
         multiple = _sd_multiple(config) if config.init_from else config.total_downsampling
-        out = _prepare_out(config, ctx)
+        out = _check_out(config)
         data = load_training_data(
             config.data,
             config.dataset,
@@ -534,6 +541,7 @@ def train_prior(
             val=config.val,
             multiple=multiple,
         )
+        _prepare_out(config, ctx)
         fingerprint = data_fingerprint(torch.cat([data.train, data.val]))
         runner = _Runner(config, ctx, fingerprint, callback)
         runner.log(f"data: {data.source}")
