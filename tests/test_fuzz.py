@@ -460,6 +460,8 @@ def command_lines(draw: st.DrawFn) -> list[str]:
         args += ["--preset", draw(st.sampled_from(["default", "reference", "fast", ""]))]
     if draw(st.integers(0, 4)) == 0:
         args += ["--format", draw(st.sampled_from(["fits", "hdf5", "png"]))]
+    if draw(st.integers(0, 5)) == 0:
+        args += ["--device", draw(st.sampled_from(["cpu", "cuda", "cuda:7", "mps", "meta", "x"]))]
     if draw(st.integers(0, 6)) == 0:
         args += ["--manifest", draw(st.sampled_from(["{dir}/missing.txt", "{dir}/list.bin"]))]
     return args

@@ -20,7 +20,9 @@ from typing import Any
 
 import torch
 
-__all__ = ["Comm", "batch_comm", "launched_by_torchrun"]
+from ..errors import ConfigError
+
+__all__ = ["Comm", "batch_comm", "check_device", "launched_by_torchrun"]
 
 
 def launched_by_torchrun() -> bool:
@@ -65,18 +67,36 @@ class Comm:
         """Element-wise sums of ``values`` over the processes."""
         if not self.distributed:
             return [int(v) for v in values]
-        where = self.context.device  # NCCL sums tensors on the process's own GPU
+        import torch.distributed as dist
+
+        # NCCL sums tensors on the process's own GPU, gloo on the CPU
+        where = self.context.device if dist.get_backend() == "nccl" else torch.device("cpu")
         t = torch.tensor([int(v) for v in values], dtype=torch.int64, device=where)
         t = self.context.all_reduce(t)
         return [int(v) for v in t.tolist()]
 
 
-def _device_mode(device: str) -> str | None:
-    if device == "cpu":
-        return "cpu"
-    if device.startswith("cuda"):
-        return "gpu"
-    return None
+def check_device(device: str) -> torch.device:
+    """The torch device named by ``--device``, if this machine has it.
+
+    :raises ConfigError: an unknown device name, or one this machine lacks.
+    """
+    try:
+        chosen = torch.device(device)
+    except (RuntimeError, ValueError, TypeError):
+        raise ConfigError(f"unknown device {device!r}: use cpu, cuda, cuda:N or mps") from None
+    if chosen.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ConfigError(f"--device {device}: CUDA is not available on this machine")
+        if chosen.index is not None and chosen.index >= count:
+            raise ConfigError(f"--device {device}: this machine has {count} CUDA device(s)")
+    elif chosen.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise ConfigError(f"--device {device}: MPS is not available on this machine")
+    elif chosen.type != "cpu":
+        raise ConfigError(f"unsupported device {device!r}: use cpu, cuda, cuda:N or mps")
+    return chosen
 
 
 @contextlib.contextmanager
@@ -84,12 +104,16 @@ def batch_comm(device: str = "cpu") -> Iterator[Comm]:
     """Enter the processes of a job; yields a :class:`Comm`.
 
     :param device: the ``--device`` asked for. Under ``torchrun`` a plain ``"cuda"`` becomes the
-        process's own GPU (``cuda:<LOCAL_RANK>``); an explicit ``"cuda:N"`` is kept.
+        process's own GPU (``cuda:<LOCAL_RANK>`` modulo the visible GPUs); an explicit
+        ``"cuda:N"`` is kept. The context chooses NCCL when every process has a GPU of its own,
+        gloo otherwise (CPU work, or more processes than GPUs).
+    :raises ConfigError: a device this machine lacks.
     """
     from deepinv.distributed import DistributedContext
 
-    with DistributedContext(device_mode=_device_mode(device), deterministic=True) as ctx:
-        chosen = torch.device(device)
+    chosen = check_device(device)
+    mode = "cpu" if chosen.type == "cpu" else None
+    with DistributedContext(device_mode=mode, deterministic=True) as ctx:
         if ctx.use_dist and device == "cuda":
             chosen = ctx.device
         yield Comm(int(ctx.rank), int(ctx.world_size), chosen, ctx)
