@@ -270,6 +270,13 @@ def add_train_prior_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         help="prior samples for the model card's KS metrics, 0 to skip" + _show("eval_samples"),
     )
+    run.add_argument(
+        "--eval-every",
+        type=int,
+        default=None,
+        metavar="K",
+        help="validation metric of the EMA weights every K steps, plotted with the losses",
+    )
     run.add_argument("--quiet", action="store_true", help="no progress bars")
 
 

@@ -87,6 +87,9 @@ class TrainConfig:
     :param device: ``"cpu"``, ``"cuda"``, ...; default CUDA when available.
     :param threads: CPU threads of torch (``torch.set_num_threads``, process-wide); default:
         torch's choice. On a CPU shared with other jobs, 1 thread per process is often faster.
+    :param int eval_every: every this many steps of each stage, evaluate the EMA weights on the
+        validation images (VAE: mean PSNR; denoiser: noise MSE at 10 noise levels) and plot it
+        with the losses (0: only at the end). Does not change the trained weights.
     :param int sample_steps: DDIM steps of the sample grid and metrics.
     :param int eval_samples: prior samples for the distribution metrics of the model card
         (0: skip them).
@@ -134,7 +137,8 @@ class TrainConfig:
     init_from: str | None = None
     device: str | None = None
     threads: int | None = None
-    sample_steps: int = 50
+    eval_every: int = 0
+    sample_steps: int = 100
     eval_samples: int = 200
     progress: bool = True
     command: str | None = None
@@ -167,7 +171,7 @@ class TrainConfig:
         for name, value in positive.items():
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{name} must be a positive integer, found {value!r}")
-        for name in ("vae_steps", "unet_steps", "eval_samples", "seed", "data_seed"):
+        for name in ("vae_steps", "unet_steps", "eval_samples", "seed", "data_seed", "eval_every"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ConfigError(f"{name} must be a non-negative integer, found {value!r}")
@@ -293,6 +297,7 @@ RUN_ONLY_KEYS = (
     "keep_checkpoints",
     "device",
     "threads",
+    "eval_every",
     "sample_steps",
     "eval_samples",
     "progress",

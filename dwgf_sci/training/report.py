@@ -60,29 +60,38 @@ def _smooth(values: np.ndarray, window: int) -> np.ndarray:
     return np.convolve(padded, kernel, mode="valid")
 
 
-def loss_curve_png(history: dict[str, list[float]], path: Path) -> Path:
-    """One panel per stage: loss per step (light) and its running mean, log scale."""
+def loss_curve_png(history: dict[str, list[Any]], path: Path) -> Path:
+    """One panel per stage: loss per step (light), its running mean (log scale) and, when
+    recorded, the validation metric of the EMA weights (``"<stage>_val"``, right axis)."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
-    stages = [k for k, v in history.items() if v]
-    fig, axes = plt.subplots(1, max(1, len(stages)), figsize=(5 * max(1, len(stages)), 3.4))
+    stages = [k for k in ("vae", "unet") if history.get(k)]
+    fig, axes = plt.subplots(1, max(1, len(stages)), figsize=(5.5 * max(1, len(stages)), 3.6))
     axes = np.atleast_1d(axes)
-    titles = {"vae": "stage 1: autoencoder loss", "unet": "stage 2: denoiser loss"}
+    titles = {"vae": "stage 1: autoencoder", "unet": "stage 2: denoiser"}
+    val_names = {"vae": "validation PSNR (dB)", "unet": "validation loss"}
     for ax, name in zip(axes, stages, strict=False):
         values = np.asarray(history[name], dtype=np.float64)
         steps = np.arange(1, values.size + 1)
-        ax.plot(steps, values, color="0.75", lw=0.6, label="per step")
+        ax.plot(steps, values, color="0.75", lw=0.6, label="loss per step")
         window = max(1, values.size // 50)
         ax.plot(steps, _smooth(values, window), color="C0", lw=1.4, label=f"mean of {window}")
         if np.all(values > 0):
             ax.set_yscale("log")
         ax.set_xlabel("step")
+        ax.set_ylabel("training loss")
         ax.set_title(titles.get(name, name))
-        ax.legend(fontsize=8)
-    fig.subplots_adjust(left=0.08, right=0.98, bottom=0.15, top=0.9, wspace=0.25)
+        ax.legend(fontsize=8, loc="upper center")
+        val = np.asarray(history.get(f"{name}_val") or [], dtype=np.float64)
+        if val.size:
+            twin = ax.twinx()
+            twin.plot(val[:, 0], val[:, 1], "o-", color="C3", ms=3, lw=1.2)
+            twin.set_ylabel(val_names[name], color="C3")
+            twin.tick_params(axis="y", colors="C3")
+    fig.subplots_adjust(left=0.08, right=0.92, bottom=0.15, top=0.9, wspace=0.45)
     with atomic_output(path, overwrite=True) as tmp:
         fig.savefig(tmp, dpi=100, format="png")
     plt.close(fig)

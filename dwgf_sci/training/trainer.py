@@ -101,7 +101,9 @@ class TrainResult:
     :param Path out: the output folder (a loadable prior).
     :param LatentPrior prior: the trained prior (EMA weights, eval mode) on the training device.
     :param dict metrics: validation metrics (see the model card).
-    :param dict history: loss per step, per stage.
+    :param dict history: loss per step, per stage; with ``eval_every``, also
+        ``"<stage>_val"``: ``[step, value]`` pairs of the validation metric (VAE PSNR in dB,
+        denoiser loss) of the EMA weights.
     :param dict timings: seconds per stage (summed over resumed runs) and in total.
     :param UnitMap unit_map: the fitted physical <-> model map.
     """
@@ -109,7 +111,7 @@ class TrainResult:
     out: Path
     prior: LatentPrior
     metrics: dict[str, Any] = field(default_factory=dict)
-    history: dict[str, list[float]] = field(default_factory=dict)
+    history: dict[str, list[Any]] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
     unit_map: UnitMap | None = None
 
@@ -220,6 +222,7 @@ class _Stage:
     lr: float
     loss: Callable[[nn.Module, int, torch.Generator], Tensor]
     extra: dict[str, Any] = field(default_factory=dict)
+    evaluate: Callable[[nn.Module], float] | None = None
 
 
 class _Runner:
@@ -238,7 +241,7 @@ class _Runner:
         self.ckpt_dir = self.out / "checkpoints"
         self.fingerprint = fingerprint
         self.callback = callback
-        self.history: dict[str, list[float]] = {}
+        self.history: dict[str, list[Any]] = {}
         self.timings: dict[str, float] = {}
 
     def log(self, message: str) -> None:
@@ -282,6 +285,7 @@ class _Runner:
         )
         ema = EMA(module, cfg.ema_decay)
         history: list[float] = []
+        val_history: list[list[float]] = []
         start, elapsed = 0, 0.0
         latest = self.latest(stage.name) if cfg.resume else None
         if latest is not None:
@@ -298,6 +302,7 @@ class _Runner:
                 ) from None
             start = ckpt.step
             history = [float(v) for v in ckpt.state.get("history", [])][:start]
+            val_history = [list(v) for v in ckpt.state.get("val_history", [])]
             elapsed = float(ckpt.state.get("elapsed_s", 0.0))
             stage.extra = {**ckpt.state.get("extra", {}), **stage.extra}
             self.log(f"{stage.name}: resumed from {latest.name} (step {start}/{stage.steps})")
@@ -331,6 +336,7 @@ class _Runner:
                     "steps": stage.steps,
                     "ema_updates": ema.updates,
                     "history": history,
+                    "val_history": val_history,
                     "elapsed_s": elapsed + time.perf_counter() - t0,
                     "extra": stage.extra,
                     "run": self._run_record(),
@@ -358,6 +364,14 @@ class _Runner:
                 value = ctx.mean(float(loss.detach()))
                 history.append(value)
                 done = step + 1
+                every = cfg.eval_every
+                if stage.evaluate and every and (done % every == 0 or done == stage.steps):
+                    if ctx.is_main:
+                        val_history.append([done, _evaluate_ema(module, ema, stage.evaluate)])
+                        if bar is None:
+                            self.log(
+                                f"{stage.name} step {done}: validation {val_history[-1][1]:.4g}"
+                            )
                 if done % cfg.checkpoint_every == 0 or done == stage.steps:
                     save(done)
                 if bar is not None:
@@ -373,9 +387,22 @@ class _Runner:
         ema.copy_to(module)
         module.eval().requires_grad_(False)
         self.history[stage.name] = history
+        if val_history:
+            self.history[f"{stage.name}_val"] = val_history
         self.timings[f"{stage.name}_s"] = elapsed
         ctx.barrier()
         return stage.extra
+
+
+@torch.no_grad()
+def _evaluate_ema(module: nn.Module, ema: EMA, evaluate: Callable[[nn.Module], float]) -> float:
+    """``evaluate`` on the EMA weights; the module's own weights are restored bit for bit."""
+    backup = {k: v.detach().clone() for k, v in module.state_dict().items()}
+    ema.copy_to(module)
+    try:
+        return float(evaluate(module))
+    finally:
+        module.load_state_dict(backup)
 
 
 # ---------------------------------------------------------------------- data in latent space
@@ -599,7 +626,28 @@ def _train(runner: _Runner, prior: LatentPrior, data: TrainingData, units: UnitM
             kl = 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar).mean()
             return rec_loss + kl_weight * kl
 
-        vae_stage = _Stage("vae", _VAEObjective(prior.vae), cfg.vae_steps, cfg.vae_lr, vae_loss)
+        val_phys = data.val.float()
+        val_in = units.to_model(val_phys.double()).float()
+
+        def vae_val_psnr(objective: nn.Module) -> float:
+            from .evaluate import per_image_psnr
+
+            recs = []
+            for i in range(0, val_in.shape[0], _ENCODE_BATCH):
+                x = val_in[i : i + _ENCODE_BATCH].to(device)
+                mean = objective.vae.encode(x).latent_dist.mean
+                recs.append(objective.vae.decode(mean).sample.float().cpu())
+            rec = units.from_model(torch.cat(recs).double()).float()
+            return float(np.mean(per_image_psnr(rec, val_phys)))
+
+        vae_stage = _Stage(
+            "vae",
+            _VAEObjective(prior.vae),
+            cfg.vae_steps,
+            cfg.vae_lr,
+            vae_loss,
+            evaluate=vae_val_psnr,
+        )
         runner.run(vae_stage)
         prior.vae.eval().requires_grad_(False)
 
@@ -643,8 +691,33 @@ def _train(runner: _Runner, prior: LatentPrior, data: TrainingData, units: UnitM
     if cfg.init_from:
         cond = prior.prompt_embeds.detach().to(device)  # type: ignore[attr-defined]
     extra = {"latent_scaling_factor": prior.latent_scale}  # type: ignore[attr-defined]
+    val_mean, _ = _encode_stats(prior, units.to_model(data.val.double()).float(), device)
+    val_gen = torch.Generator().manual_seed(int(cfg.seed))
+    val_t = (
+        torch.linspace(0.05 * n_t, n_t - 1, 10).round().long().repeat_interleave(val_mean.shape[0])
+    )
+    val_z0 = val_mean.repeat(10, 1, 1, 1)
+    val_eps = torch.randn(val_z0.shape, generator=val_gen)
+
+    def unet_val_loss(objective: nn.Module) -> float:
+        a = ab[val_t].sqrt().float().view(-1, 1, 1, 1)
+        s = (1.0 - ab[val_t]).sqrt().float().view(-1, 1, 1, 1)
+        target = _diffusion_target(prediction_type, val_z0, val_eps, a, s)
+        z_t = a * val_z0 + s * val_eps
+        total = 0.0
+        for i in range(0, z_t.shape[0], 256):
+            pred = objective(z_t[i : i + 256].to(device), val_t[i : i + 256].to(device))
+            total += float((pred.float().cpu() - target[i : i + 256]).pow(2).sum())
+        return total / target.numel()
+
     unet_stage = _Stage(
-        "unet", _DenoiserObjective(prior.unet, cond), cfg.unet_steps, cfg.unet_lr, unet_loss, extra
+        "unet",
+        _DenoiserObjective(prior.unet, cond),
+        cfg.unet_steps,
+        cfg.unet_lr,
+        unet_loss,
+        extra,
+        evaluate=unet_val_loss,
     )
     runner.run(unet_stage)
     prior.unet.eval().requires_grad_(False)  # type: ignore[attr-defined]
