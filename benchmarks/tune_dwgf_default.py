@@ -51,6 +51,8 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "ess03": {"resample_ess": 0.3},
     "ess08": {"resample_ess": 0.8},
     "noweights": {"resample_ess": 0.0},
+    "laplace1": {"laplacian_probes": 1},
+    "laplace1-steps100": {"laplacian_probes": 1, "steps": 100},
     "mala": {"likelihood_step": "mala", "mala_steps": 2},
     "flow": {"scheme": "flow"},  # the previous default: annealed pSGLD, no weights
     "reference": {"preset": "reference"},

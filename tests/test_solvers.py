@@ -73,6 +73,45 @@ def test_smc_weight_increment_is_exact_for_unit_gaussian_data():
     torch.testing.assert_close(inc - inc.mean(), exact - exact.mean(), rtol=1e-8, atol=1e-8)
 
 
+def test_laplacian_correction_brings_weights_closer_to_exact_between_modes():
+    from types import SimpleNamespace
+
+    from dwgf_sci.solvers.dwgf import SMCState
+
+    d = 2
+    means = torch.tensor([[3.0, 0.0], [-3.0, 0.0]], dtype=torch.float64)
+    prior = GaussianMixturePrior(torch.tensor([0.3, 0.7]), means)
+    gen = torch.Generator().manual_seed(0)
+    u = 2.5 * torch.randn(400, d, generator=gen).double()
+    t_new, t_old = 150, 160
+    ab = prior.alphas_cumprod
+    r2n, r2o = [float((1 - ab[t]) / ab[t]) for t in (t_new, t_old)]
+
+    def log_p_rho(r2, t):
+        return prior.log_prob((u / math.sqrt(1 + r2)).reshape(-1, d, 1, 1), t)
+
+    exact = log_p_rho(r2n, t_new) - log_p_rho(r2o, t_old)
+    a = 1 / math.sqrt(1 + r2n)
+    eps = prior.predict_noise((a * u).reshape(-1, d, 1, 1), t_new).reshape(-1, d)
+    plain = DWGF.log_weight_increment(eps, r2n, r2o)
+    solver = DWGF(prior, laplacian_probes=8)
+    problem = SimpleNamespace(
+        generator=gen,
+        device=torch.device("cpu"),
+        n=400,
+        latent_shape=(d, 1, 1),
+        dtype=torch.float64,
+    )
+    state = SMCState(z=u, log_w=torch.zeros(1, 400, dtype=torch.float64))
+    fixed = plain + solver._laplacian_correction(state, eps, a, t_new, r2n, r2o, problem)
+
+    def err(inc):
+        return float((inc - inc.mean() - (exact - exact.mean())).abs().mean())
+
+    # measured: 0.0007 against 0.019 without the correction
+    assert err(fixed) < 0.2 * err(plain), (err(fixed), err(plain))
+
+
 def test_smc_reweighting_gets_the_mode_weights():
     # two modes, the measurement favours one: the weights move mass between modes, which local
     # moves alone (no reweighting, or the Langevin flow) cannot do
