@@ -282,6 +282,14 @@ def test_damaged_hdf5_files_give_our_errors(valid, damage):
         check_readers(path)
 
 
+@pytest.mark.parametrize("where", [0.0625, 0.3, 0.5])
+def test_hdf5_with_damaged_object_headers(valid, tmp_path, where):
+    """Found by the fuzzer: a damaged root object header broke the attribute readers."""
+    path = tmp_path / "x.h5"
+    path.write_bytes(_flip(valid["h5"], [(where, 1)]))
+    check_readers(path)
+
+
 @FAST
 @given(contents=hdf5_contents())
 def test_hdf5_files_with_wrong_contents_give_our_errors(contents):

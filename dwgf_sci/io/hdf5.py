@@ -261,7 +261,12 @@ def read_hdf5(
                 f"dataset {key!r} of HDF5 file {p}: not enough memory to load its "
                 f"{tuple(ds.shape)} array"
             ) from None
-        attrs = decode_attrs(f.attrs, f"HDF5 file {p}")
+        try:
+            attrs = decode_attrs(f.attrs, f"HDF5 file {p}")
+        except (OSError, RuntimeError, KeyError) as err:  # damaged object headers
+            raise FileFormatError(
+                f"cannot read the attributes of HDF5 file {p}: corrupt ({err})"
+            ) from None
     name = f"HDF5 file {p} dataset {key!r}"
     if as_image:
         x = image_tensor(arr, name, allow_cube=allow_cube, check_finite=check_finite, dtype=dtype)
@@ -274,9 +279,14 @@ def _read_hdf5_provenance(p: Path) -> dict[str, Any] | None:
     """The provenance record of an HDF5 file (root attribute ``_dwgf_provenance``), or None."""
     f, p = open_hdf5(p)
     with f:
-        if PROVENANCE_ATTR not in f.attrs:
-            return None
-        text = _decode_value(f.attrs[PROVENANCE_ATTR])
+        try:
+            if PROVENANCE_ATTR not in f.attrs:
+                return None
+            text = _decode_value(f.attrs[PROVENANCE_ATTR])
+        except (OSError, RuntimeError, KeyError, ValueError, TypeError) as err:
+            raise FileFormatError(
+                f"cannot read the provenance of HDF5 file {p}: corrupt ({err})"
+            ) from None
     return loads(text, f"HDF5 file {p}")
 
 
