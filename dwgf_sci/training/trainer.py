@@ -59,7 +59,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..errors import ConfigError, FileFormatError, OutputExistsError
+from ..errors import ConfigError, DwgfError, FileFormatError, OutputExistsError
 from ..priors.base import LatentPrior
 from ..priors.latent import PRIOR_CONFIG_NAME, build_latent_prior
 from .checkpoint import (
@@ -78,6 +78,7 @@ from .units import UnitMap, fit_unit_map
 __all__ = [
     "StepCallback",
     "TrainResult",
+    "TrainingDivergedError",
     "TrainingStopped",
     "lr_at",
     "step_generator",
@@ -92,6 +93,10 @@ _ENCODE_BATCH = 64
 
 class TrainingStopped(Exception):
     """Raise it from a step callback to stop a run as if it had been interrupted."""
+
+
+class TrainingDivergedError(DwgfError, FloatingPointError):
+    """The training loss became NaN or infinite (usually: the learning rate is too high)."""
 
 
 @dataclass
@@ -351,9 +356,9 @@ class _Runner:
                 gen = step_generator(cfg.seed, stage.name, step)
                 loss = stage.loss(wrapped, step, gen)
                 if not torch.isfinite(loss):
-                    raise FloatingPointError(
+                    raise TrainingDivergedError(
                         f"{stage.name}: the loss is {float(loss)} at step {step}; lower the "
-                        "learning rate"
+                        "learning rate (the checkpoints before it are kept)"
                     )
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
@@ -657,7 +662,7 @@ def _train(runner: _Runner, prior: LatentPrior, data: TrainingData, units: UnitM
         raw_mean, _ = _encode_stats(prior, variants[0], device)
         std = float(raw_mean.double().std())
         if not (math.isfinite(std) and std > 0):
-            raise FloatingPointError(f"cannot fit the latent scaling: latent std is {std}")
+            raise TrainingDivergedError(f"cannot fit the latent scaling: latent std is {std}")
         prior.vae.register_to_config(scaling_factor=1.0 / std)
         runner.log(f"latent scaling factor: {1.0 / std:.6g}")
     stats = [_encode_stats(prior, v, device) for v in variants]
