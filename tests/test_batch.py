@@ -104,6 +104,20 @@ def test_names_are_deterministic_and_collisions_disambiguated(tmp_path):
     assert h5.name == "star_posterior.h5" and h5.seed == by_input[solo.resolve()].seed
 
 
+def test_the_output_folder_may_lie_among_the_inputs(tmp_path):
+    data = tmp_path / "data"
+    obs = touch(data / "obs.fits")
+    touch(data / "obs_posterior.fits")  # an output of an earlier run with --out = the inputs
+    touch(data / "sub" / "deep_posterior.h5")
+    other = touch(tmp_path / "elsewhere" / "old_posterior.fits")  # not in --out: an input
+    items = plan_batch([data, str(tmp_path / "elsewhere" / "*")], data)
+    assert [it.input for it in items] == [obs, other]
+    named = plan_batch([data / "obs_posterior.fits"], data)  # named explicitly: an input
+    assert named[0].name == "obs_posterior_posterior.fits"
+    with pytest.raises(FileFormatError, match="only outputs"):
+        plan_batch([str(data / "*_posterior.fits")], data)
+
+
 def test_item_seeds_depend_on_base_seed_and_key_only():
     assert item_seed(0, "obs_00000") == 6606770262261726147  # pinned: changing it breaks resumes
     assert item_seed(0, "obs_00000") != item_seed(1, "obs_00000")

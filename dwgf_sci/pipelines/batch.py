@@ -34,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import secrets
 import stat
 import sys
 import time
@@ -57,6 +58,7 @@ from .manifest import (
     job_lock,
     load_status,
     part_path,
+    read_run,
     remove_stale_temporaries,
     utc_now,
     write_status,
@@ -117,15 +119,35 @@ def _distinct_tails(paths: Sequence[Path]) -> list[str]:
     return ["/".join(ps) for ps in parts]  # pragma: no cover - resolved paths are distinct
 
 
+def _expand(item: str | Path, out_dir: Path) -> list[Path]:
+    """Files named by one input; a folder or pattern never yields the job's own outputs (files
+    named ``*_posterior.<ext>`` inside the output folder), so ``--out`` may lie among the inputs."""
+    files = expand_inputs([item])
+    if Path(item).is_file():
+        return files
+    root = out_dir.resolve()
+    kept = []
+    for p in files:
+        stem = split_name(p)[0]
+        if stem.endswith("_posterior") and p.resolve().is_relative_to(root):
+            continue
+        kept.append(p)
+    if not kept:
+        raise FileFormatError(f"{item}: only outputs of this job (*_posterior.*) are there")
+    return kept
+
+
 def _collect(
-    inputs: Sequence[str | Path], entries: Sequence[InputEntry]
+    inputs: Sequence[str | Path], entries: Sequence[InputEntry], out_dir: Path
 ) -> list[tuple[Path, str | None]]:
-    found: list[tuple[Path, str | None]] = [(p, None) for p in expand_inputs(inputs)]
+    found: list[tuple[Path, str | None]] = []
+    for item in inputs:
+        found.extend((p, None) for p in _expand(item, out_dir))
     for entry in entries:
         where = f"input list, line {entry.line}"
         if entry.output is None:
             try:
-                files = expand_inputs([entry.path])
+                files = _expand(entry.path, out_dir)
             except FileFormatError as exc:
                 raise FileFormatError(f"{where}: {exc}") from None
             found.extend((p, None) for p in files)
@@ -170,7 +192,8 @@ def plan_batch(
 ) -> list[BatchItem]:
     """The items of a job, in input order (see the module docstring for names and seeds).
 
-    :param inputs: files, folders and glob patterns.
+    :param inputs: files, folders and glob patterns (folders and patterns skip the outputs of
+        the job, ``*_posterior.<ext>`` files inside ``out_dir``).
     :param out_dir: the output folder.
     :param base_seed: the job's ``--seed``.
     :param file_type: ``"fits"``/``"hdf5"`` to force the outputs' format (named outputs of an
@@ -183,7 +206,7 @@ def plan_batch(
     if not inputs and not entries:
         raise ConfigError("no input: give files, folders, glob patterns or --manifest LIST")
     out = Path(out_dir)
-    unique = _unique(_collect(inputs, entries))
+    unique = _unique(_collect(inputs, entries, out))
     groups: dict[str, list[int]] = {}
     for i, (p, name) in enumerate(unique):
         if name is None:
@@ -408,21 +431,56 @@ class BatchRunner:
     def _prefix(self) -> str:
         return f"[rank {self.comm.rank}] " if self.comm.distributed else ""
 
-    def _prepare(self, stack: contextlib.ExitStack) -> None:
-        """Process 0: lock the folder, delete a killed job's temporaries, merge leftover parts."""
+    def _prepare(self, stack: contextlib.ExitStack) -> int:
+        """Process 0: lock the folder, delete a killed job's temporaries, merge leftover parts.
+
+        :return: the run's id, the same in every process.
+        """
         error: DwgfError | None = None
+        run_id = 0
         if self.comm.rank == 0:
+            run_id = secrets.randbits(62) + 1
             try:
                 stack.enter_context(job_lock(self.out_dir))
                 remove_stale_temporaries(self.out_dir, {it.name for it in self.items})
                 consolidate(self.out_dir)
             except DwgfError as exc:
                 error = exc
-        (failed,) = self.comm.sum([error is not None])
+        failed, run_id = self.comm.sum([error is not None, run_id])
         if error is not None:
             raise error
         if failed:
             raise ConfigError("process 0 could not prepare the output folder (see its message)")
+        return run_id
+
+    def _parts_final(self, run_id: int) -> dict[str, int] | None:
+        """Summed counts once every process has written its final part of run ``run_id``."""
+        totals = {"done": 0, "skipped": 0, "failed": 0}
+        for rank in range(self.comm.world_size):
+            run = read_run(part_path(self.out_dir, rank))
+            if run is None or run.get("id") != run_id or not run.get("final"):
+                return None
+            for key in totals:
+                totals[key] += int(run.get(key, 0))
+        return totals
+
+    def _merged(self, run_id: int) -> dict[str, Any] | None:
+        """The main manifest's run record once process 0 has merged run ``run_id``."""
+        run = read_run(self.manifest_path)
+        return run if run is not None and run.get("id") == run_id else None
+
+    @staticmethod
+    def _wait(ready: Callable[[], Any]) -> Any:
+        """Poll ``ready`` until it returns something (the file system, without any timeout:
+        a process may finish hours before the others, and ``torchrun`` ends the job if one of
+        them dies)."""
+        delay = 0.05
+        while True:
+            value = ready()
+            if value:
+                return value
+            time.sleep(delay)
+            delay = min(2.0, delay * 1.5)
 
     def run(self) -> BatchSummary:
         """Work on this process's items; return the counts of the whole job."""
@@ -435,7 +493,7 @@ class BatchRunner:
         if self.comm.rank != 0:
             self.solver.progress = False
         with contextlib.ExitStack() as stack:
-            self._prepare(stack)
+            run_id = self._prepare(stack)
             previous = load_status(self.out_dir)
             self.comm.barrier()  # every process has read the status before any part is written
             if self.comm.distributed:
@@ -454,20 +512,17 @@ class BatchRunner:
                 if entry is not None:
                     own[item.key] = entry
                     write_status(target, own)
-            self.comm.barrier()
-            merge_error: DwgfError | None = None
-            if self.comm.rank == 0 and self.comm.distributed:
-                try:
-                    consolidate(self.out_dir)
-                except DwgfError as exc:
-                    merge_error = exc
-            done, skipped, failed, merge_failed = self.comm.sum(
-                [done, skipped, failed, merge_error is not None]
-            )
-            if merge_error is not None:
-                raise merge_error
-            if merge_failed:
-                raise ConfigError("process 0 could not merge the job status (see its message)")
+            if not self.comm.distributed:
+                return BatchSummary(len(self.items), done, skipped, failed)
+            # the end is met through files: a collective would time out while the others work
+            counts = {"done": done, "skipped": skipped, "failed": failed}
+            write_status(target, own, run={"id": run_id, "final": True, **counts})
+            totals = self._wait(lambda: self._parts_final(run_id) or self._merged(run_id))
+            if self.comm.rank == 0:
+                run = {"id": run_id, "world_size": self.comm.world_size, **totals}
+                consolidate(self.out_dir, run=run)
+            merged = self._wait(lambda: self._merged(run_id))
+            done, skipped, failed = (int(merged[k]) for k in ("done", "skipped", "failed"))
         return BatchSummary(len(self.items), done, skipped, failed)
 
     # ------------------------------------------------------------------ one item

@@ -55,7 +55,9 @@ __all__ = [
     "job_lock",
     "load_status",
     "part_path",
+    "read_document",
     "read_input_list",
+    "read_run",
     "remove_stale_temporaries",
     "write_status",
 ]
@@ -219,6 +221,22 @@ def _part_files(out_dir: Path) -> list[Path]:
 
 def _read_document(path: Path) -> dict[str, dict[str, Any]]:
     """Items of one status file; a file that is not a status manifest is an error."""
+    return read_document(path)[0]
+
+
+def read_run(path: Path) -> dict[str, Any] | None:
+    """The ``run`` record of a status file (see :func:`write_status`), or None (no file, none)."""
+    if not path.is_file():
+        return None
+    run = read_document(path)[1].get("run")
+    return run if isinstance(run, dict) else None
+
+
+def read_document(path: Path) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
+    """``(items, document)`` of one status file.
+
+    :raises FileFormatError: a file that is not a status manifest (with what to do about it).
+    """
     try:
         raw = path.read_bytes()
     except OSError as exc:
@@ -239,7 +257,7 @@ def _read_document(path: Path) -> dict[str, dict[str, Any]]:
     items = doc.get("items")
     if not isinstance(items, dict):
         raise FileFormatError(f"{path}: 'items' is not an object; {advice}")
-    return {str(k): v for k, v in items.items() if isinstance(v, dict)}
+    return {str(k): v for k, v in items.items() if isinstance(v, dict)}, doc
 
 
 def load_status(out_dir: Path) -> dict[str, dict[str, Any]]:
@@ -259,8 +277,14 @@ def load_status(out_dir: Path) -> dict[str, dict[str, Any]]:
     return items
 
 
-def write_status(path: Path, items: Mapping[str, Mapping[str, Any]]) -> None:
-    """Write a status manifest (or part) holding ``items``, atomically."""
+def write_status(
+    path: Path, items: Mapping[str, Mapping[str, Any]], run: Mapping[str, Any] | None = None
+) -> None:
+    """Write a status manifest (or part) holding ``items``, atomically.
+
+    :param run: a record of the run that wrote it (id, counts), for the processes of a
+        distributed job to know that a part, or the merged manifest, is final.
+    """
     ordered = {k: dict(items[k]) for k in sorted(items)}
     counts: dict[str, int] = {}
     for entry in ordered.values():
@@ -271,6 +295,7 @@ def write_status(path: Path, items: Mapping[str, Mapping[str, Any]]) -> None:
         "version": MANIFEST_VERSION,
         "updated": utc_now(),
         "counts": counts,
+        **({"run": dict(run)} if run is not None else {}),
         "items": ordered,
     }
     text = json.dumps(doc, indent=1, ensure_ascii=True, allow_nan=False) + "\n"
@@ -278,12 +303,16 @@ def write_status(path: Path, items: Mapping[str, Mapping[str, Any]]) -> None:
         tmp.write_text(text, encoding="ascii")
 
 
-def consolidate(out_dir: Path) -> dict[str, dict[str, Any]]:
-    """Merge the parts into the main manifest, write it, delete the parts; return the items."""
+def consolidate(out_dir: Path, run: Mapping[str, Any] | None = None) -> dict[str, dict[str, Any]]:
+    """Merge the parts into the main manifest, write it, delete the parts; return the items.
+
+    :param run: the run record to store in the main manifest (it is then written even without
+        parts).
+    """
     parts = _part_files(out_dir)
     items = load_status(out_dir)
-    if parts:
-        write_status(out_dir / MANIFEST_NAME, items)
+    if parts or run is not None:
+        write_status(out_dir / MANIFEST_NAME, items, run=run)
         for part in parts:
             with contextlib.suppress(FileNotFoundError):
                 part.unlink()
