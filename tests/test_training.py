@@ -361,10 +361,13 @@ def test_cli_help_and_tiny_run(tmp_path, capsys):
         "train-prior", "--dataset", "phantoms", "--n", "16", "--size", "16", "--out", str(out),
         "--vae-channels", "8,16", "--unet-channels", "8,16", "--latent-channels", "2",
         "--vae-steps", "3", "--unet-steps", "3", "--batch-size", "4", "--eval-samples", "0",
-        "--sample-steps", "2", "--stretch", "asinh", "--quiet",
+        "--sample-steps", "2", "--stretch", "asinh", "--eval-every", "2", "--quiet",
     ]  # fmt: skip
     assert main(argv) == 0
     assert "trained prior saved" in capsys.readouterr().out
+    history = json.loads((out / "training.json").read_text())["history"]
+    assert [step for step, _ in history["vae_val"]] == [2, 3]  # every 2 steps and at the end
+    assert [step for step, _ in history["unet_val"]] == [2, 3]
     prior = load_prior(str(out), device="cpu")
     assert prior.stretch == "asinh" and prior.metadata["command"].startswith("dwgf-sci train-prior")
     assert "--stretch asinh" in (out / "README.md").read_text()
