@@ -20,12 +20,18 @@ detected as truncated.
 
 from __future__ import annotations
 
+import bz2
+import contextlib
+import gzip
+import io
+import lzma
 import re
 import warnings
+import zipfile
 import zlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, BinaryIO, TypeVar
 
 import numpy as np
 import torch
@@ -40,11 +46,12 @@ from ._common import (
     check_read_size,
     image_tensor,
     input_path,
+    max_read_values,
 )
 from .atomic import atomic_output, check_output_path
 from .provenance import dumps, loads, resolve_provenance
 
-__all__ = ["STRUCTURAL_KEYWORDS", "read_fits", "write_fits"]
+__all__ = ["STRUCTURAL_KEYWORDS", "check_fits_structure", "read_fits", "write_fits"]
 
 HDUSpec = int | str | tuple[str, int] | None
 T = TypeVar("T")
@@ -109,6 +116,130 @@ def _is_truncation(w: warnings.WarningMessage) -> bool:
     return "truncated" in str(w.message).lower()
 
 
+_BLOCK = 2880
+_VALID_BITPIX = frozenset({8, 16, 32, 64, -32, -64})
+#: Most HDUs, and most 2880-byte blocks in one header, the structure check walks through.
+_MAX_HDUS = 100_000
+_MAX_HEADER_BLOCKS = 10_000
+
+
+@contextlib.contextmanager
+def _decompressed(p: Path) -> Iterator[BinaryIO | None]:
+    """The file's bytes as astropy sees them (gzip, bzip2, xz and single-member zip undone);
+    None for a zip archive astropy would refuse anyway."""
+    with open(p, "rb") as fh:
+        magic = fh.read(6)
+    with contextlib.ExitStack() as stack:
+        if magic.startswith(b"\x1f\x8b\x08"):
+            yield stack.enter_context(gzip.open(p, "rb"))
+        elif magic.startswith(b"BZ"):
+            yield stack.enter_context(bz2.open(p, "rb"))
+        elif magic.startswith(b"\xfd7zXZ\x00"):
+            yield stack.enter_context(lzma.open(p, "rb"))
+        elif magic.startswith(b"PK\x03\x04"):
+            archive = stack.enter_context(zipfile.ZipFile(p))
+            names = archive.namelist()
+            yield stack.enter_context(archive.open(names[0])) if len(names) == 1 else None
+        else:
+            yield stack.enter_context(open(p, "rb"))
+
+
+def _read_header_bytes(fh: BinaryIO) -> bytes | None:
+    """The blocks of one header, END card included; None at the end of the file or when the
+    blocks hold no END card (astropy reports those cases itself)."""
+    blocks = []
+    for _ in range(_MAX_HEADER_BLOCKS):
+        block = fh.read(_BLOCK)
+        if len(block) < _BLOCK:
+            return None
+        blocks.append(block)
+        if any(block[i : i + 8] == b"END     " for i in range(0, _BLOCK, 80)):
+            return b"".join(blocks)
+    return None
+
+
+def _header_int(header: fits.Header, key: str, default: int | None, where: str) -> int:
+    value = header.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise FileFormatError(f"{where}: {key} = {value!r} is not an integer")
+    return value
+
+
+def _data_bytes(header: fits.Header, where: str) -> int:
+    """Bytes of an HDU's data from its header, after checking the structural values."""
+    bitpix = _header_int(header, "BITPIX", None, where)
+    if bitpix not in _VALID_BITPIX:
+        raise FileFormatError(f"{where}: BITPIX = {bitpix} is not a FITS data type")
+    naxis = _header_int(header, "NAXIS", None, where)
+    if not 0 <= naxis <= 999:
+        raise FileFormatError(f"{where}: NAXIS = {naxis} is outside 0..999")
+    axes = [_header_int(header, f"NAXIS{i}", None, where) for i in range(1, naxis + 1)]
+    if any(n < 0 for n in axes):
+        raise FileFormatError(f"{where}: negative axis length in {axes}")
+    znaxis = _header_int(header, "ZNAXIS", 0, where) if "ZNAXIS" in header else 0
+    if not 0 <= znaxis <= 999:
+        raise FileFormatError(f"{where}: ZNAXIS = {znaxis} is outside 0..999")
+    for i in range(1, znaxis + 1):
+        if _header_int(header, f"ZNAXIS{i}", 0, where) < 0:
+            raise FileFormatError(f"{where}: ZNAXIS{i} is negative")
+    pcount = _header_int(header, "PCOUNT", 0, where)
+    gcount = _header_int(header, "GCOUNT", 1, where)
+    if pcount < 0 or gcount < 0:
+        raise FileFormatError(f"{where}: PCOUNT = {pcount}, GCOUNT = {gcount} (negative)")
+    if naxis == 0:
+        return 0
+    groups = header.get("GROUPS") is True and axes[0] == 0
+    count = 1
+    for n in axes[1:] if groups else axes:
+        count *= n
+    return abs(bitpix) // 8 * gcount * (pcount + count)
+
+
+def check_fits_structure(p: Path) -> None:
+    """Walk the HDU headers of a FITS file and refuse the values that make astropy loop forever
+    or allocate without bound: a negative axis length, ``PCOUNT`` or ``GCOUNT`` (the next header
+    would lie before this one), an absurd ``NAXIS``/``ZNAXIS`` (astropy iterates over it), a
+    ``BITPIX`` that is no FITS type, or an HDU with more data than a reader loads.
+
+    Only headers are read (data are skipped); anything else odd (no ``SIMPLE`` card, truncation,
+    junk after the last HDU) is left to astropy, whose errors the readers turn into
+    :class:`~dwgf_sci.errors.FileFormatError`.
+
+    :raises FileFormatError: naming the HDU and the value.
+    """
+    limit = 8 * max_read_values()  # bytes: the largest array a reader loads, as float64
+    try:
+        with _decompressed(p) as fh:
+            if fh is None:
+                return
+            for index in range(_MAX_HDUS):
+                raw = _read_header_bytes(fh)
+                if raw is None:
+                    return
+                first = raw[:8]
+                if (index == 0 and first != b"SIMPLE  ") or (index > 0 and first != b"XTENSION"):
+                    return
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    try:
+                        header = fits.Header.fromstring(raw.decode("latin-1"))
+                    except _PARSE_ERRORS:
+                        return
+                where = f"FITS file {p}, HDU {index}"
+                size = _data_bytes(header, where)
+                if size > limit:
+                    raise FileFormatError(
+                        f"{where} declares {size} bytes of data, more than a reader loads; if "
+                        "the file is genuine, raise the limit with DWGF_MAX_READ_VALUES"
+                    )
+                fh.seek(-(-size // _BLOCK) * _BLOCK, io.SEEK_CUR)
+            raise FileFormatError(f"FITS file {p} has more than {_MAX_HDUS} HDUs")
+    except DwgfError:
+        raise
+    except (OSError, EOFError, ValueError, zlib.error, lzma.LZMAError, zipfile.BadZipFile):
+        return  # unreadable or damaged compression: astropy says so when it opens the file
+
+
 def _with_fits(p: Path, action: Callable[[fits.HDUList], T]) -> T:
     """Open ``p`` read-only and run ``action`` on its HDU list; parse failures become errors.
 
@@ -116,6 +247,7 @@ def _with_fits(p: Path, action: Callable[[fits.HDUList], T]) -> T:
     asked for; a file cut at an HDU boundary is detected by the ``DWGFNHDU`` card of our own files.
     Warnings other than astropy's truncation warning are re-emitted after the file is closed.
     """
+    check_fits_structure(p)
     kept: list[warnings.WarningMessage] = []
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

@@ -27,7 +27,7 @@ import torch
 from astropy.io import fits
 
 from ..errors import FileFormatError, ShapeError
-from .fits import read_fits, write_fits
+from .fits import check_fits_structure, read_fits, write_fits
 from .hdf5 import read_hdf5, write_hdf5
 from .provenance import read_provenance
 
@@ -110,6 +110,7 @@ def write_measurement(
 
 
 def _fits_extensions(path: Path) -> set[str]:
+    check_fits_structure(path)
     try:
         with fits.open(path, memmap=False) as hdul:
             return {str(h.name).upper() for h in hdul[1:]}
