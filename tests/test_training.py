@@ -313,6 +313,17 @@ def test_evaluate_prior_writes_metrics(trained, tmp_path):
     json_path, md_path = write_metrics(result, tmp_path)
     assert json.loads(json_path.read_text())["kind"] == "phantoms"
     assert "KS statistic" in md_path.read_text()
+    # the benchmark script: same metrics, written next to the prior or into --out
+    import importlib.util
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "prior_metrics.py"
+    spec = importlib.util.spec_from_file_location("prior_metrics", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    argv = [str(out), "--dataset", "phantoms", "--n", "6", "--steps", "2", "--out", str(tmp_path)]
+    assert module.main(argv) in (0, 1)  # 1: targets not met (a 10-step prior)
+    assert json.loads((tmp_path / "prior_metrics.json").read_text())["n_reference"] == 6
+    assert module.main([*argv, "--data-seed", "0"]) == 2  # the training data are not held out
 
 
 # ---------------------------------------------------------------------- Stable Diffusion
