@@ -247,11 +247,11 @@ def _with_fits(p: Path, action: Callable[[fits.HDUList], T]) -> T:
     asked for; a file cut at an HDU boundary is detected by the ``DWGFNHDU`` card of our own files.
     Warnings other than astropy's truncation warning are re-emitted after the file is closed.
     """
-    check_fits_structure(p)
     kept: list[warnings.WarningMessage] = []
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
+            check_fits_structure(p)
             with fits.open(p, mode="readonly", memmap=False) as hdul:
                 n_found = len(hdul)
                 _raise_if_truncated(p, caught)
