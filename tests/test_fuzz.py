@@ -299,6 +299,13 @@ def test_damaged_hdf5_files_give_our_errors(valid, damage):
         check_readers(path)
 
 
+def test_fits_with_an_unparsable_structural_card(valid, tmp_path):
+    """Found by the fuzzer: a NUL byte in the NAXIS2 card of an extension."""
+    path = tmp_path / "x.fits"
+    path.write_bytes(_flip(valid["fits"], [(0.390625, 0)]))
+    check_readers(path)
+
+
 @pytest.mark.parametrize("where", [0.0625, 0.3, 0.5])
 def test_hdf5_with_damaged_object_headers(valid, tmp_path, where):
     """Found by the fuzzer: a damaged root object header broke the attribute readers."""

@@ -159,7 +159,10 @@ def _read_header_bytes(fh: BinaryIO) -> bytes | None:
 
 
 def _header_int(header: fits.Header, key: str, default: int | None, where: str) -> int:
-    value = header.get(key, default)
+    try:
+        value = header.get(key, default)
+    except _PARSE_ERRORS:
+        raise FileFormatError(f"{where}: the {key} card cannot be parsed") from None
     if isinstance(value, bool) or not isinstance(value, int):
         raise FileFormatError(f"{where}: {key} = {value!r} is not an integer")
     return value
@@ -188,7 +191,10 @@ def _data_bytes(header: fits.Header, where: str) -> int:
         raise FileFormatError(f"{where}: PCOUNT = {pcount}, GCOUNT = {gcount} (negative)")
     if naxis == 0:
         return 0
-    groups = header.get("GROUPS") is True and axes[0] == 0
+    try:
+        groups = header.get("GROUPS") is True and axes[0] == 0
+    except _PARSE_ERRORS:
+        groups = False
     count = 1
     for n in axes[1:] if groups else axes:
         count *= n
