@@ -326,6 +326,19 @@ def test_evaluate_prior_writes_metrics(trained, tmp_path):
     assert module.main([*argv, "--data-seed", "0"]) == 2  # the training data are not held out
 
 
+def test_vae_from_trains_a_new_denoiser_only(trained, tmp_path):
+    out, _ = trained
+    new = tmp_path / "denoiser-only"
+    result = train_prior(_config(new, vae_from=str(out), unet_steps=3, unet_channels=(16, 16)))
+    assert "vae" not in result.history and len(result.history["unet"]) == 3
+    old_prior, new_prior = load_prior(str(out), device="cpu"), load_prior(str(new), device="cpu")
+    a, b = old_prior.vae.state_dict(), new_prior.vae.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert new_prior.latent_scale == old_prior.latent_scale
+    assert new_prior.data_scale == old_prior.data_scale
+    assert new_prior.unet.config.block_out_channels == (16, 16)
+
+
 # ---------------------------------------------------------------------- Stable Diffusion
 def test_fine_tune_tiny_stable_diffusion(tmp_path):
     sd = build_tiny_stable_diffusion(tmp_path / "sd", seed=0, sample_size=4)

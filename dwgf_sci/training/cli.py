@@ -239,6 +239,12 @@ def add_train_prior_arguments(p: argparse.ArgumentParser) -> None:
         choices=("l1", "l2", "l1+l2"),
         help="VAE loss" + _show("recon_loss"),
     )
+    opt.add_argument(
+        "--vae-logvar-init",
+        type=float,
+        default=None,
+        help="initial encoder log-variance" + _show("vae_logvar_init"),
+    )
     opt.add_argument("--ema-decay", type=float, default=None, help="EMA decay" + _show("ema_decay"))
     opt.add_argument(
         "--latent-sample",
@@ -251,6 +257,14 @@ def add_train_prior_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         metavar="SD_FOLDER",
         help="fine-tune the UNet of this Stable Diffusion folder (frozen VAE, empty prompt)",
+    )
+
+    opt.add_argument(
+        "--vae-from",
+        default=None,
+        metavar="PRIOR_FOLDER",
+        help="reuse the autoencoder, unit map and latent scaling of a saved prior; train a new "
+        "denoiser only",
     )
 
     run = p.add_argument_group("run")

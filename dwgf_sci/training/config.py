@@ -71,6 +71,10 @@ class TrainConfig:
     :param float ema_decay: EMA decay (see :class:`~dwgf_sci.training.ema.EMA`).
     :param str recon_loss: ``"l1"``, ``"l2"`` or ``"l1+l2"`` (model range).
     :param float kl_weight: weight of the KL term (per-element means of both terms).
+    :param vae_logvar_init: initial log-variance of the encoder posterior (the bias of the
+        logvar half of the VAE's ``quant_conv``); ``None`` keeps diffusers' initialisation
+        (log-variance about 0, i.e. latent noise as large as the latents themselves, which the
+        decoder must first learn to see through).
     :param bool latent_sample: train the denoiser on samples of the encoder posterior instead of
         its mean (the mean is what :meth:`LatentPrior.encode` returns).
     :param str augment: ``"none"`` or ``"flips"`` (random horizontal/vertical flips; only where
@@ -81,6 +85,8 @@ class TrainConfig:
 
     :param init_from: a Stable Diffusion folder: fine-tune its UNet (frozen VAE, empty prompt)
         instead of training a latent-diffusion prior from scratch.
+    :param vae_from: a saved latent-diffusion prior: reuse its autoencoder (frozen), unit map and
+        latent scaling, and train a new denoiser only (stage 2); the VAE settings are ignored.
 
     **Run and report**
 
@@ -131,10 +137,12 @@ class TrainConfig:
     ema_decay: float = 0.999
     recon_loss: str = "l1"
     kl_weight: float = 1e-5
+    vae_logvar_init: float | None = -8.0
     latent_sample: bool = False
     augment: str = "none"
     seed: int = 0
     init_from: str | None = None
+    vae_from: str | None = None
     device: str | None = None
     threads: int | None = None
     eval_every: int = 0
@@ -193,6 +201,8 @@ class TrainConfig:
             value = float(getattr(self, name))
             if not (math.isfinite(value) and value >= 0):
                 raise ConfigError(f"{name} must be a non-negative number, found {value}")
+        if self.vae_logvar_init is not None and not math.isfinite(float(self.vae_logvar_init)):
+            raise ConfigError(f"vae_logvar_init must be finite, found {self.vae_logvar_init}")
         if not 0.0 <= float(self.ema_decay) < 1.0:
             raise ConfigError(f"ema_decay must be in [0, 1), found {self.ema_decay}")
         if self.recon_loss not in _RECON_LOSSES:
@@ -222,7 +232,11 @@ class TrainConfig:
                     f"{what}_channels {channels} must be positive multiples of norm_num_groups="
                     f"{self.norm_num_groups}"
                 )
-        if self.init_from is not None:
+        if self.vae_from is not None:
+            if self.init_from is not None:
+                raise ConfigError("give either init_from (Stable Diffusion) or vae_from, not both")
+            self.vae_steps = 0  # the autoencoder of vae_from stays frozen
+        elif self.init_from is not None:
             if self.stretch is not None:
                 raise ConfigError(
                     "the asinh stretch is not available when fine-tuning Stable Diffusion "
@@ -230,7 +244,7 @@ class TrainConfig:
                 )
             if self.vae_steps:
                 self.vae_steps = 0  # the Stable Diffusion VAE stays frozen
-        elif self.vae_steps < 1 and self.unet_steps >= 1:
+        if self.init_from is None and self.vae_from is None and self.vae_steps < 1:
             raise ConfigError("vae_steps must be >= 1 when training a prior from scratch")
 
     # ------------------------------------------------------------------ derived values

@@ -197,7 +197,8 @@ def _model_card(
         f"{m.get('threads')} CPU thread(s)",
         f"- stage 1 (autoencoder): {config.vae_steps} steps, batch {config.batch_size}, lr "
         f"{config.vae_lr:g}, {config.recon_loss} + {config.kl_weight:g} KL"
-        + (" (frozen Stable Diffusion VAE)" if config.init_from else ""),
+        + (" (frozen Stable Diffusion VAE)" if config.init_from else "")
+        + (f" (autoencoder of {config.vae_from}, frozen)" if config.vae_from else ""),
         f"- stage 2 (denoiser): {config.unet_steps} steps, batch {config.denoiser_batch_size}, lr "
         f"{config.unet_lr:g}, latents: encoder "
         f"{'posterior samples' if config.latent_sample else 'posterior means'}, "
@@ -311,9 +312,9 @@ def finish_run(
         architecture = {
             "image": "x".join(str(s) for s in data.image_shape),
             "latent": "x".join(str(s) for s in prior.latent_shape(data.image_shape)),
-            "VAE channels": list(config.vae_channels),
+            "VAE channels": list(prior.vae.config.block_out_channels),  # type: ignore[attr-defined]
             "UNet channels": list(config.unet_channels),
-            "layers per block": config.layers_per_block,
+            "layers per block (UNet)": config.layers_per_block,
             "attention": config.attention,
             "VAE parameters": _params(prior.vae),  # type: ignore[attr-defined]
             "UNet parameters": _params(prior.unet),  # type: ignore[attr-defined]

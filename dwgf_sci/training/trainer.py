@@ -59,9 +59,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..errors import ConfigError, DwgfError, FileFormatError, OutputExistsError
+from ..errors import ConfigError, DwgfError, FileFormatError, OutputExistsError, ShapeError
 from ..priors.base import LatentPrior
-from ..priors.latent import PRIOR_CONFIG_NAME, build_latent_prior
+from ..priors.latent import PRIOR_CONFIG_NAME, LatentDiffusionPrior, build_latent_prior
 from .checkpoint import (
     CheckpointError,
     list_checkpoints,
@@ -472,7 +472,7 @@ def _prepare_out(config: TrainConfig, ctx: DistContext) -> None:
 # ---------------------------------------------------------------------- the two kinds of run
 def _build_new_prior(config: TrainConfig, data: TrainingData, units: UnitMap) -> LatentPrior:
     c, h, w = data.image_shape
-    return build_latent_prior(
+    prior = build_latent_prior(
         image_size=(h, w),
         image_channels=c,
         latent_channels=config.latent_channels,
@@ -487,6 +487,11 @@ def _build_new_prior(config: TrainConfig, data: TrainingData, units: UnitMap) ->
         stretch_scale=units.stretch_scale,
         seed=config.seed,
     )
+    conv = getattr(prior.vae, "quant_conv", None)
+    if config.vae_logvar_init is not None and conv is not None and conv.bias is not None:
+        with torch.no_grad():
+            conv.bias[config.latent_channels :] = float(config.vae_logvar_init)
+    return prior
 
 
 def _load_stable_diffusion(
@@ -508,6 +513,51 @@ def _load_stable_diffusion(
         guidance_scale=1.0,
     )
     return prior
+
+
+def _load_base_prior(config: TrainConfig) -> LatentDiffusionPrior:
+    """The saved prior whose autoencoder ``vae_from`` reuses."""
+    path = Path(str(config.vae_from)).expanduser()
+    if not path.is_dir():
+        raise FileFormatError(f"--vae-from {path}: no saved prior there")
+    return LatentDiffusionPrior.from_pretrained(path, device="cpu")
+
+
+def _denoiser_for(
+    config: TrainConfig, data: TrainingData, base: LatentDiffusionPrior
+) -> LatentDiffusionPrior:
+    """A prior with the frozen autoencoder of ``base`` and a new, seeded denoiser."""
+    if base.image_size is not None and data.image_shape != (base.image_channels, *base.image_size):
+        raise ShapeError(
+            f"the training images are {data.image_shape}, the autoencoder of --vae-from models "
+            f"{(base.image_channels, *base.image_size)}"
+        )
+    fresh = build_latent_prior(
+        image_size=data.image_shape[1:],
+        image_channels=base.image_channels,
+        latent_channels=base.latent_channels,
+        vae_channels=tuple(base.vae.config.block_out_channels),
+        unet_channels=config.unet_channels,
+        layers_per_block=config.layers_per_block,
+        attention=config.attention,
+        norm_num_groups=config.norm_num_groups,
+        data_scale=base.data_scale,
+        data_offset=base.data_offset,
+        stretch=base.stretch,
+        stretch_scale=base.stretch_scale,
+        seed=config.seed,
+    )
+    return LatentDiffusionPrior(
+        base.vae,
+        fresh.unet,
+        fresh.scheduler,
+        image_size=data.image_shape[1:],
+        image_channels=base.image_channels,
+        data_scale=base.data_scale,
+        data_offset=base.data_offset,
+        stretch=base.stretch,
+        stretch_scale=base.stretch_scale,
+    )
 
 
 def _sd_multiple(config: TrainConfig) -> int:
@@ -561,7 +611,13 @@ def train_prior(
                 f"batch sizes ({config.batch_size}, {config.denoiser_batch_size}) must be "
                 f"multiples of the number of processes ({ctx.world_size})"
             )
-        multiple = _sd_multiple(config) if config.init_from else config.total_downsampling
+        base = None
+        multiple = config.total_downsampling
+        if config.init_from:
+            multiple = _sd_multiple(config)
+        elif config.vae_from:
+            base = _load_base_prior(config)
+            multiple = base.downsample * 2 ** (len(config.unet_channels) - 1)
         out = _check_out(config)
         data = load_training_data(
             config.data,
@@ -577,12 +633,17 @@ def train_prior(
         fingerprint = data_fingerprint(torch.cat([data.train, data.val]))
         runner = _Runner(config, ctx, fingerprint, callback)
         runner.log(f"data: {data.source}")
-        units = fit_unit_map(
-            data.train, config.stretch, config.stretch_scale, percentiles=config.percentiles
-        )
+        if base is not None:
+            units = UnitMap(base.data_scale, base.data_offset, base.stretch, base.stretch_scale)
+        else:
+            units = fit_unit_map(
+                data.train, config.stretch, config.stretch_scale, percentiles=config.percentiles
+            )
         runner.log(f"unit map: {units.to_dict()}")
         if config.init_from:
             prior = _load_stable_diffusion(config, data, units, ctx.device)
+        elif base is not None:
+            prior = _denoiser_for(config, data, base).to(ctx.device)
         else:
             prior = _build_new_prior(config, data, units).to(ctx.device)
         result = _train(runner, prior, data, units)
@@ -608,7 +669,7 @@ def _train(runner: _Runner, prior: LatentPrior, data: TrainingData, units: UnitM
     latent_shape = prior.latent_shape(data.image_shape)
 
     # -------------------------------------------------------------- stage 1: the autoencoder
-    if not cfg.init_from:
+    if not (cfg.init_from or cfg.vae_from):
         vae_sampler = _BatchSampler(n_train, cfg.batch_size, cfg.seed, "vae")
         kl_weight, recon = float(cfg.kl_weight), cfg.recon_loss
 
@@ -658,7 +719,7 @@ def _train(runner: _Runner, prior: LatentPrior, data: TrainingData, units: UnitM
 
     # -------------------------------------------------------------- latents and their scaling
     variants = _flip_variants(x_model, cfg.augment)
-    if not cfg.init_from:
+    if not (cfg.init_from or cfg.vae_from):
         raw_mean, _ = _encode_stats(prior, variants[0], device)
         std = float(raw_mean.double().std())
         if not (math.isfinite(std) and std > 0):
