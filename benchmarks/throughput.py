@@ -187,6 +187,15 @@ def write_results(record: dict[str, Any], out: Path) -> None:
         "manifest); wall includes interpreter start, imports and prior loading in every process.",
         "",
     ]
+    single, plain_run = record["runs"][0], record["runs"][2]
+    if plain_run["steady_images_per_min"] < single["steady_images_per_min"]:
+        lines += [
+            f"The plain run ({plain_run['threads_per_process']} threads) is slower than one "
+            "single-threaded process: with a load average above the core count, torch's "
+            "intra-op threads wait for each other; on a busy machine use --threads 1 and "
+            "processes.",
+            "",
+        ]
     (out / "throughput.md").write_text("\n".join(lines))
 
 
