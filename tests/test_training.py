@@ -336,7 +336,7 @@ def test_vae_from_trains_a_new_denoiser_only(trained, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert new_prior.latent_scale == old_prior.latent_scale
     assert new_prior.data_scale == old_prior.data_scale
-    assert new_prior.unet.config.block_out_channels == (16, 16)
+    assert tuple(new_prior.unet.config.block_out_channels) == (16, 16)
 
 
 # ---------------------------------------------------------------------- Stable Diffusion
