@@ -290,6 +290,18 @@ def test_damaged_fits_files_give_our_errors(valid, damage):
         check_readers(path)
 
 
+@pytest.mark.parametrize(
+    "magic", [b"PK\x03\x04", b"\x1f\x8b\x08", b"BZh", b"\xfd7zXZ\x00"], ids=["zip", "gz", "bz2", "xz"]
+)
+@pytest.mark.parametrize("tail", ["none", "fits"])
+def test_compression_magic_without_archive_is_our_error(valid, magic, tail):
+    """A file that starts like a compressed archive but is not one (astropy opens it by magic)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "x.fits"
+        path.write_bytes(magic + (valid["fits"] if tail == "fits" else b""))
+        check_readers(path)
+
+
 @FAST
 @given(damage=damaged("h5"))
 def test_damaged_hdf5_files_give_our_errors(valid, damage):

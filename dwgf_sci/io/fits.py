@@ -98,6 +98,8 @@ _PARSE_ERRORS = (
     EOFError,
     VerifyError,
     zlib.error,
+    lzma.LZMAError,
+    zipfile.BadZipFile,
 )
 
 
