@@ -59,7 +59,7 @@ def check_finite(x: torch.Tensor, name: str = "input") -> torch.Tensor:
 
 
 def check_image(x: torch.Tensor, name: str = "image", channels: int | None = None) -> torch.Tensor:
-    """Check that ``x`` is a finite ``(B, C, H, W)`` tensor (and has ``channels`` channels if given)."""
+    """Check that ``x`` is a finite ``(B, C, H, W)`` tensor (of ``channels`` channels if given)."""
     if not torch.is_tensor(x):
         raise InvalidDataError(f"{name}: expected a torch.Tensor, found {type(x).__name__}")
     if x.ndim != 4:
@@ -72,7 +72,7 @@ def check_image(x: torch.Tensor, name: str = "image", channels: int | None = Non
 
 
 def to_bchw(x: torch.Tensor, name: str = "image") -> torch.Tensor:
-    """Promote a 2-D ``(H, W)`` or 3-D ``(C, H, W)`` tensor to ``(1, C, H, W)``; 4-D passes through."""
+    """Promote a 2-D ``(H, W)`` or 3-D ``(C, H, W)`` tensor to ``(1, C, H, W)``; 4-D is kept."""
     if x.ndim == 2:
         return x[None, None]
     if x.ndim == 3:

@@ -1,7 +1,7 @@
 """Exceptions raised by dwgf-sci.
 
-Every error a user can cause by passing bad input derives from :class:`DwgfError`, so scripts and the
-CLI can tell user mistakes from bugs. Each one also derives from the closest built-in exception
+Every error a user can cause by passing bad input derives from :class:`DwgfError`, so scripts and
+the CLI can tell user mistakes from bugs. Each one also derives from the closest built-in exception
 (``ValueError``, ``TypeError``, ``FileNotFoundError``, ``FileExistsError``) so generic handlers keep
 working.
 """

@@ -291,7 +291,9 @@ def test_damaged_fits_files_give_our_errors(valid, damage):
 
 
 @pytest.mark.parametrize(
-    "magic", [b"PK\x03\x04", b"\x1f\x8b\x08", b"BZh", b"\xfd7zXZ\x00"], ids=["zip", "gz", "bz2", "xz"]
+    "magic",
+    [b"PK\x03\x04", b"\x1f\x8b\x08", b"BZh", b"\xfd7zXZ\x00"],
+    ids=["zip", "gz", "bz2", "xz"],
 )
 @pytest.mark.parametrize("tail", ["none", "fits"])
 def test_compression_magic_without_archive_is_our_error(valid, magic, tail):
