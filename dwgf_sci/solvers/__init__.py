@@ -8,7 +8,9 @@ from .dwgf import DWGF
 from .likelihood import DataTerm
 from .pigdm import PiGDM
 from .posterior import Posterior
+from .psld import PSLD
 from .reddiff import REDDiff
+from .resample import ReSample
 from .schedule import timestep_grid
 
 __all__ = [
@@ -17,9 +19,11 @@ __all__ = [
     "GuidedDDIM",
     "LatentDPS",
     "LatentSolver",
+    "PSLD",
     "PiGDM",
     "Posterior",
     "Problem",
     "REDDiff",
+    "ReSample",
     "timestep_grid",
 ]

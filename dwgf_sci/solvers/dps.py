@@ -134,6 +134,11 @@ class GuidedDDIM(LatentSolver):
         r"""The factor :math:`\kappa_t` of the guidance gradient in the update."""
         raise NotImplementedError
 
+    def render_for_guidance(self, z0: Tensor, state: GuidedState) -> Tensor:
+        """The image (physical units) whose measurement enters the objective; a subclass may
+        keep it in ``state.extra`` for its own terms."""
+        return self.render(z0)
+
     # ------------------------------------------------------------------ loop hooks
     def init_state(self, problem: Problem) -> GuidedState:
         """Draw :math:`z_{t_1}` (pure noise, or the noised encoded pseudo-inverse)."""
@@ -168,7 +173,7 @@ class GuidedDDIM(LatentSolver):
             zt = z_t.detach().requires_grad_(True)
             eps = self.prior.predict_noise(zt, t)
             z0 = (zt - s * eps) / a
-            ax = problem.physics.A(self.render(z0))
+            ax = problem.physics.A(self.render_for_guidance(z0, state))
             loss = self.objective(ax, rows, a, s, problem, state)
             (grad,) = torch.autograd.grad(loss.sum(), zt)
         n = z_t.shape[0]
