@@ -12,7 +12,10 @@ Protocol (issue 3, part 6)
   projection directions are seeded per problem, so every method is scored against the same ones.
 * Methods: ``oracle`` (ancestral sampling with the exact noisy-posterior score, a sanity row),
   ``dwgf-reference`` (:meth:`DWGF.reference`: 4 interacting particles per run), ``dwgf-default``
-  (``DWGF(prior)``, its preset's particle count per run), ``reddiff`` (one particle per run),
+  (``DWGF(prior)``, its preset's 4 particles per run), ``dwgf-default-pop`` (the same preset
+  with all ``n`` samples from one run of ``n`` particles: the SMC scheme reweights and resamples
+  within a run, so its accuracy grows with the particles of a run), ``reddiff`` (one particle
+  per run),
   ``dps`` and ``pigdm`` (independent particles), all with the exact score of the prior;
   ``pigdm-1000`` is ΠGDM with 1000 steps instead of the paper's 100 (the step count of DPS,
   RED-diff and the reference DWGF), because 100 steps are far from converged on the
@@ -81,11 +84,21 @@ from dwgf_sci.solvers import DWGF, LatentDPS, LatentSolver, PiGDM, REDDiff
 from dwgf_sci.solvers.base import Problem
 from dwgf_sci.solvers.dwgf import DWGFState
 
-METHODS = ("oracle", "dwgf-reference", "dwgf-default", "reddiff", "dps", "pigdm", "pigdm-1000")
+METHODS = (
+    "oracle",
+    "dwgf-reference",
+    "dwgf-default",
+    "dwgf-default-pop",
+    "reddiff",
+    "dps",
+    "pigdm",
+    "pigdm-1000",
+)
 #: The step parameter tuned for each method.
 PARAM = {
     "dwgf-reference": "lr",
     "dwgf-default": "lr",
+    "dwgf-default-pop": "lr",
     "reddiff": "lr",
     "dps": "zeta",
     "pigdm": "guidance_scale",
@@ -95,6 +108,7 @@ PARAM = {
 FACTORS = {
     "dwgf-reference": (0.03, 0.1, 0.3, 1.0, 3.0),
     "dwgf-default": (0.1, 0.3, 1.0, 3.0),
+    "dwgf-default-pop": (0.1, 0.3, 1.0, 3.0),
     "reddiff": (0.1, 0.3, 1.0, 3.0, 10.0),
     "dps": (0.003, 0.01, 0.03, 0.1, 0.3, 1.0),
     "pigdm": (0.25, 0.5, 1.0, 2.0),
@@ -184,6 +198,8 @@ def make_solver(method: str, prior: GaussianMixturePrior, n: int, **kw: Any) -> 
         return BatchedRunsDWGF(prior, preset="reference", **kw)
     if method == "dwgf-default":
         return BatchedRunsDWGF(prior, **kw)
+    if method == "dwgf-default-pop":  # all n samples from one population of n particles
+        return BatchedRunsDWGF(prior, **{"particles": n, **kw})
     if method == "reddiff":
         return REDDiff(prior, **kw)
     if method == "dps":

@@ -1,4 +1,5 @@
-"""The ``dwgf-sci`` command line: ``demo``, ``simulate``, ``reconstruct``.
+"""The ``dwgf-sci`` command line: ``demo``, ``simulate``, ``reconstruct``, ``train-prior`` and
+``benchmark``.
 
 User mistakes (bad files, bad specs, mismatched shapes) print one ``dwgf-sci: error: ...`` line
 and exit with status 2; no traceback. ``--debug`` shows tracebacks.
@@ -165,6 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
         "the job already made are skipped either way)",
     )
     _add_train_prior_parser(sub)
+    _add_benchmark_parser(sub)
     return parser
 
 
@@ -177,6 +179,16 @@ def _add_train_prior_parser(sub: argparse._SubParsersAction) -> None:
         help="train a latent-diffusion prior on your images (or fine-tune Stable Diffusion)",
     )
     add_train_prior_arguments(train)
+
+
+def _add_benchmark_parser(sub: argparse._SubParsersAction) -> None:
+    """The ``benchmark`` subcommand (options: :mod:`dwgf_sci.benchmark.cli`)."""
+    from .benchmark.cli import add_benchmark_arguments
+
+    bench = sub.add_parser(
+        "benchmark", help="compare DWGF, the latent baselines and classical methods on the tasks"
+    )
+    add_benchmark_arguments(bench)
 
 
 def _spec(args: argparse.Namespace):
@@ -295,6 +307,15 @@ def _run_train_prior(args: argparse.Namespace) -> int:
 
 COMMANDS = {"demo": _run_demo, "simulate": _run_simulate, "reconstruct": _run_reconstruct}
 COMMANDS["train-prior"] = _run_train_prior
+
+
+def _run_benchmark(args: argparse.Namespace) -> int:
+    from .benchmark.cli import run_benchmark_cli
+
+    return run_benchmark_cli(args)
+
+
+COMMANDS["benchmark"] = _run_benchmark
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .base import LatentSolver, Problem
+from .classical import FBP, ClassicalSolver, PseudoInverse, RichardsonLucy, TVReconstruction, Wiener
 from .dps import GuidedDDIM, LatentDPS
 from .dwgf import DWGF
 from .likelihood import DataTerm
@@ -14,6 +15,12 @@ from .resample import ReSample
 from .schedule import timestep_grid
 
 __all__ = [
+    "FBP",
+    "ClassicalSolver",
+    "PseudoInverse",
+    "RichardsonLucy",
+    "TVReconstruction",
+    "Wiener",
     "DWGF",
     "DataTerm",
     "GuidedDDIM",

@@ -1,0 +1,159 @@
+"""DWGF's overhead: its wall time per step against the same network passes run alone.
+
+A DWGF run reports its network calls (``Posterior.calls``). This script times the run, then
+replays exactly those passes with nothing around them: the UNet forwards (no gradient) on
+batches of all particles, the decoder forward + backward passes through the operator and the data
+term, and the remaining decoder/encoder forwards. The ratio of the two times is the solver's
+overhead (bookkeeping, random draws, weights, resampling, MALA tests); issue 5 asks for at most
+1.15. The same is printed for latent DPS and PSLD at the same step count, to compare costs.
+
+Usage::
+
+    python benchmarks/profile_dwgf.py                          # galaxy-64, galaxy-deconv
+    python benchmarks/profile_dwgf.py --task ct-20 --steps 50 --repeats 3
+    python benchmarks/profile_dwgf.py --prior tiny              # untrained tiny prior (CI size)
+
+Writes ``benchmarks/results/profile_dwgf.{md,json}`` unless ``--no-write``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from dwgf_sci.benchmark.tasks import get_task
+from dwgf_sci.priors import load_prior
+from dwgf_sci.priors.tiny import build_tiny_latent_prior
+from dwgf_sci.solvers import DWGF, PSLD, LatentDPS
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def timed(fn, repeats: int) -> float:
+    """Median wall time of ``fn()`` over ``repeats`` runs (after one warm-up)."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def bare_passes(prior, item, calls: dict[str, int], n: int, data_term) -> callable:
+    """A function running the run's network passes alone, batched over the ``n`` particles."""
+    shape = (n, *prior.latent_shape(tuple(item.x.shape[1:])))
+    z = torch.randn(shape, dtype=prior.dtype)
+    y = item.y.repeat(n, *([1] * (item.y.ndim - 1)))
+    unet = calls.get("unet", 0) // n
+    dec_bwd = calls.get("decoder_backward", 0) // n
+    dec_fwd = calls.get("decoder", 0) // n - dec_bwd
+    enc = calls.get("encoder", 0) // n
+
+    def run() -> None:
+        with torch.no_grad():
+            for i in range(unet):
+                prior.predict_noise(z, 500 + (i % 10))
+            for _ in range(max(dec_fwd, 0)):
+                prior.decode(z)
+            img = prior.decode(z)
+            for _ in range(enc):
+                prior.encode(img)
+        for _ in range(dec_bwd):
+            zz = z.detach().requires_grad_(True)
+            with torch.enable_grad():
+                phi = data_term(item.physics.A(prior.from_model(prior.decode(zz))), y)
+                torch.autograd.grad(phi.sum(), zz)
+
+    return run
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--prior", default=None, help="prior name/folder, or 'tiny' (default: task's)")
+    ap.add_argument("--task", default="galaxy-deconv")
+    ap.add_argument("--particles", type=int, default=4)
+    ap.add_argument("--steps", type=int, default=50)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--no-write", action="store_true")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    task = get_task(args.task)
+    item = next(task.items("validation", 1))
+    name = args.prior or task.prior
+    prior = build_tiny_latent_prior(task.size) if name == "tiny" else load_prior(name)
+    rows = []
+    for label, make in (
+        ("dwgf", lambda: DWGF(prior, particles=args.particles, steps=args.steps, seed=0)),
+        ("dps", lambda: LatentDPS(prior, particles=args.particles, steps=args.steps, seed=0)),
+        ("psld", lambda: PSLD(prior, particles=args.particles, steps=args.steps, seed=0)),
+    ):
+        solver = make()
+        prior.reset_calls()
+        post = solver(item.y, item.physics)
+        calls = dict(post.calls)
+        wall = timed(lambda s=solver: s(item.y, item.physics), args.repeats)
+        row = {"method": label, "wall_s": wall, "per_step_ms": 1e3 * wall / args.steps}
+        row["calls_per_particle_step"] = {
+            k: v / (args.particles * args.steps) for k, v in calls.items()
+        }
+        if label == "dwgf":
+            problem = solver.prepare(item.y, item.physics)
+            bare = bare_passes(prior, item, calls, args.particles, problem.data_term)
+            row["bare_s"] = timed(bare, args.repeats)
+            row["overhead_ratio"] = wall / row["bare_s"]
+        rows.append(row)
+        print(json.dumps(row))
+    dwgf = rows[0]
+    summary = {
+        "overhead_ratio": dwgf["overhead_ratio"],
+        "dwgf_over_dps": dwgf["wall_s"] / rows[1]["wall_s"],
+        "dwgf_over_psld": dwgf["wall_s"] / rows[2]["wall_s"],
+    }
+    print(json.dumps(summary))
+    if args.no_write:
+        return
+    info = {
+        "command": "python benchmarks/profile_dwgf.py "
+        + " ".join(
+            f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if v not in (None, False)
+        ),
+        "machine": f"{platform.platform()}, torch {torch.__version__}, {args.threads} thread(s)",
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    }
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "profile_dwgf.json").write_text(
+        json.dumps({"info": info, "rows": rows, "summary": summary}, indent=1)
+    )
+    lines = [
+        "# DWGF overhead and cost against latent DPS and PSLD",
+        "",
+        f"`{info['command']}` ({info['date']}; {info['machine']}). Task {args.task}, prior "
+        f"{name}, {args.particles} particles, {args.steps} steps, median of {args.repeats} runs.",
+        "",
+        "| method | wall (s) | ms / step | network passes per particle and step |",
+        "|---|---:|---:|---|",
+    ]
+    for r in rows:
+        calls = ", ".join(f"{k} {v:.2f}" for k, v in sorted(r["calls_per_particle_step"].items()))
+        lines.append(f"| {r['method']} | {r['wall_s']:.2f} | {r['per_step_ms']:.1f} | {calls} |")
+    lines += [
+        "",
+        f"- DWGF overhead: {dwgf['wall_s']:.2f} s against {dwgf['bare_s']:.2f} s for the same "
+        f"network passes alone, ratio **{summary['overhead_ratio']:.3f}** (target <= 1.15).",
+        f"- DWGF / latent DPS wall time: **{summary['dwgf_over_dps']:.2f}** (target <= 1.0).",
+        f"- DWGF / PSLD wall time: **{summary['dwgf_over_psld']:.2f}** (target <= 0.5).",
+        "",
+    ]
+    (RESULTS / "profile_dwgf.md").write_text("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

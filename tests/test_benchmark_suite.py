@@ -1,0 +1,109 @@
+"""The imaging benchmark suite: tasks, the runner (resumable) and ``dwgf-sci benchmark``."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from dwgf_sci.benchmark import imaging
+from dwgf_sci.benchmark.imaging import applies, run_benchmark, summary_markdown
+from dwgf_sci.benchmark.tasks import TASKS, get_task
+from dwgf_sci.cli import main
+from dwgf_sci.errors import ConfigError
+from dwgf_sci.priors.tiny import build_tiny_latent_prior
+
+
+@pytest.fixture(scope="module")
+def tiny64():
+    return build_tiny_latent_prior(image_size=64, seed=0)
+
+
+@pytest.mark.parametrize("name", sorted(TASKS))
+def test_tasks_are_reproducible_and_splits_differ(name):
+    task = TASKS[name]
+    a = next(task.items("validation", 1))
+    b = next(task.items("validation", 1))
+    c = next(task.items("test", 1))
+    assert a.x.shape == (1, 1, 64, 64) and torch.isfinite(a.y).all()
+    assert torch.equal(a.x, b.x) and torch.equal(a.y, b.y)  # same truth, same noise
+    assert not torch.equal(a.x, c.x)  # the test split is another set of objects
+    with torch.no_grad():
+        assert a.physics.A(a.x).shape == a.y.shape
+    assert a.spec["noise"]["type"] != "none" and "seed" in a.spec["noise"]
+
+
+def test_task_definitions_match_the_issue():
+    assert TASKS["galaxy-deconv"].spec()["fwhm"] == 4.0
+    assert TASKS["galaxy-deconv"].spec()["profile"] == "moffat"
+    assert TASKS["galaxy-deconv-poisson"].spec()["noise"]["type"] == "poisson"
+    assert TASKS["galaxy-cs-fourier"].spec()["ratio"] == 0.25
+    assert TASKS["galaxy-cs-random"].spec()["ratio"] == 0.25
+    assert TASKS["ct-20"].spec()["n_views"] == 20 and TASKS["ct-60"].spec()["n_views"] == 60
+    assert TASKS["ct-limited-90"].spec()["angular_range"] == 90.0
+    assert TASKS["galaxy-inpaint"].spec()["fraction"] == 0.3
+    # 1% Gaussian noise relative to the noise-free peak
+    item = next(TASKS["galaxy-deconv"].items("test", 1))
+    with torch.no_grad():
+        peak = float(item.physics.A(item.x).abs().max())
+    assert item.spec["noise"]["sigma"] == pytest.approx(0.01 * peak, rel=1e-5)
+    with pytest.raises(ConfigError, match="unknown task"):
+        get_task("deblur")
+    with pytest.raises(ConfigError, match="split"):
+        next(TASKS["ct-20"].items("train", 1))
+
+
+def test_methods_apply_to_their_operators():
+    assert applies("wiener", TASKS["galaxy-deconv"]) and not applies("wiener", TASKS["ct-20"])
+    assert applies("fbp", TASKS["ct-20"]) and not applies("fbp", TASKS["galaxy-deconv"])
+    assert all(applies(m, TASKS["ct-20"]) for m in ("dwgf", "dps", "psld", "resample", "tv"))
+
+
+def test_runner_records_every_metric_and_resumes(tmp_path, tiny64, monkeypatch):
+    tasks = [TASKS["galaxy-deconv"]]
+    params = {"dwgf": {"steps": 3, "particles": 3}, "dps": {"steps": 3, "particles": 2}}
+    records = run_benchmark(
+        tasks, ["dwgf", "dps", "wiener"], lambda name: tiny64, tmp_path, n=2, params=params,
+        progress=None,
+    )  # fmt: skip
+    assert len(records) == 2 * 3
+    rec = next(r for r in records if r["method"] == "dwgf")
+    for key in ("psnr", "ssim", "chi2", "wall_s", "peak_mib"):
+        assert isinstance(rec[key], float)
+    assert 0.0 <= rec["coverage90"] <= 1.0 and rec["n_samples"] == 3
+    assert rec["calls"]["unet"] == 3 * 3
+    wiener = next(r for r in records if r["method"] == "wiener")
+    assert wiener["coverage90"] is None and wiener["calls"] == {}
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert len(saved["records"]) == 6 and "torch" in saved["machine"]
+    images = torch.load(tmp_path / "images.pt", weights_only=True)
+    assert {"galaxy-deconv/0/truth", "galaxy-deconv/0/dwgf"} <= set(images)
+    # a rerun skips what is done and adds only the new method
+    calls = []
+    real = imaging.run_one
+    monkeypatch.setattr(imaging, "run_one", lambda *a, **k: calls.append(a[1]) or real(*a, **k))
+    records = run_benchmark(
+        tasks, ["dwgf", "dps", "wiener", "pinv"], lambda name: tiny64, tmp_path, n=2,
+        params=params, progress=None,
+    )  # fmt: skip
+    assert calls == ["pinv", "pinv"] and len(records) == 8
+    table = summary_markdown(records, ["galaxy-deconv"])
+    assert table.count("\n| ") == 5 and "| dwgf | 2 |" in table
+
+
+def test_cli_quick_run_and_bad_options(tmp_path, capsys):
+    prior = tmp_path / "tiny64"
+    build_tiny_latent_prior(image_size=64, seed=0).save_pretrained(prior)
+    out = tmp_path / "bench"
+    argv = ["benchmark", "--quick", "--out", str(out), "--methods", "dwgf", "dps", "fbp", "pinv"]
+    argv += ["--prior", f"galaxy-64={prior}", "--prior", f"ct-64={prior}", "--steps", "2"]
+    assert main(argv) == 0
+    text = (out / "results.md").read_text()
+    assert "### galaxy-deconv" in text and "### ct-20" in text and "| fbp |" in text
+    assert (out / "quality_vs_time.png").stat().st_size > 0
+    assert (out / "examples_ct-20.png").exists()
+    assert main(["benchmark", "--out", str(out), "--methods", "magic"]) == 2
+    assert "unknown method" in capsys.readouterr().err
+    assert main(["benchmark", "--out", str(out), "--prior", "galaxy-64"]) == 2
+    assert "NAME=FOLDER" in capsys.readouterr().err
