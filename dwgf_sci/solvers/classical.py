@@ -16,6 +16,7 @@ They share the deepinv :class:`~deepinv.models.Reconstructor` interface with the
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any, ClassVar
 
@@ -27,7 +28,7 @@ from torch import Tensor
 
 from .._checks import check_finite
 from ..errors import ConfigError
-from ..operators.noise import noise_sigma
+from ..operators.noise import noise_sigma, noise_spec
 from .posterior import Posterior
 
 
@@ -78,7 +79,8 @@ class Wiener(ClassicalSolver):
     r"""Tikhonov / Wiener deconvolution :math:`(A^\top A + \lambda I)^{-1} A^\top y`.
 
     :param float reg: :math:`\lambda`; ``None`` uses :math:`\sigma^2 / P_x`, with :math:`\sigma`
-        from the physics' noise model (or ``noise_sigma``) and the signal power
+        from the physics' noise model (or ``noise_sigma``; for Poisson noise the mean photon
+        variance :math:`g(\bar y + b)`) and the signal power
         :math:`P_x = \max(\mathrm{mean}(y^2) - \sigma^2, \sigma^2)`.
     :param float noise_sigma: noise level when the physics has none.
     """
@@ -101,7 +103,12 @@ class Wiener(ClassicalSolver):
             return float(self.reg)
         sigma = self.noise_sigma if self.noise_sigma is not None else noise_sigma(physics)
         if sigma is None or torch.is_tensor(sigma) or not sigma > 0:
-            raise ConfigError("Wiener needs a noise level: pass reg=... or noise_sigma=...")
+            spec = noise_spec(getattr(physics, "noise_model", None))
+            if spec["type"] not in ("poisson", "poisson-gaussian"):
+                raise ConfigError("Wiener needs a noise level: pass reg=... or noise_sigma=...")
+            # photon noise: its mean variance g (E[y] + sky) (+ sigma^2) as the noise power
+            var = float(spec["gain"]) * (float(y.clamp_min(0).mean()) + float(spec.get("sky", 0)))
+            sigma = math.sqrt(var + float(spec.get("sigma", 0.0)) ** 2)
         power = max(float(y.pow(2).mean()) - sigma**2, sigma**2)
         return sigma**2 / power
 
