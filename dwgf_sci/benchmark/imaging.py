@@ -88,6 +88,7 @@ METHODS: dict[str, Method] = {
     m.name: m
     for m in (
         Method("dwgf", lambda prior, **kw: DWGF(prior, **kw)),
+        Method("dwgf-fast", lambda prior, **kw: DWGF(prior, preset="fast", **kw)),
         Method("dwgf-reference", lambda prior, **kw: DWGF(prior, preset="reference", **kw)),
         Method("dps", lambda prior, **kw: LatentDPS(prior, **kw)),
         Method("psld", lambda prior, **kw: PSLD(prior, **kw)),
