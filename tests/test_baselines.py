@@ -183,7 +183,7 @@ def test_bad_options_fail_before_any_network_call():
 
 def test_psld_without_gluing_is_latent_dps_and_gluing_helps_here():
     prior, physics, y, mean, cov = gaussian_problem()
-    kw = {"particles": 200, "steps": 200, "seed": 0}
+    kw = {"particles": 200, "steps": 200, "seed": 0, "eta": 1.0}  # PSLD's own default is eta 0
     dps = LatentDPS(prior, **kw)(y, physics)
     torch.testing.assert_close(PSLD(prior, gamma=0.0, **kw)(y, physics).samples, dps.samples)
     # the gluing term pulls the latents toward A^+ y on the measured subspace: better mean

@@ -24,9 +24,9 @@ for a general operator the orthogonal projection onto the measured subspace is
 of :mod:`dwgf_sci.operators`; FBP for CT, an approximate projection). :math:`A^{+}y` is computed
 once per call.
 
-Defaults follow the PSLD repository's Stable Diffusion commands (``omega`` 1, ``gamma`` 0.1,
-1000 DDIM steps, ``eta`` 1 as its DPS-style sampler), both terms with the residual norm (not
-squared), as in its code.
+Defaults follow the PSLD repository's Stable Diffusion script (``scripts/inverse.py``: ``omega``
+1, ``gamma`` 0.1, 1000 DDIM steps, ``eta`` 0), both terms with the residual norm (not squared),
+as in its code.
 """
 
 from __future__ import annotations
@@ -55,14 +55,17 @@ class PSLD(LatentDPS):
 
     :param float gamma: weight :math:`\gamma` of the gluing term (PSLD code: 0.1; 0 gives latent
         DPS).
+    :param float eta: DDIM stochasticity (PSLD code: 0, deterministic DDIM).
     """
 
     name: ClassVar[str] = "psld"
 
-    def __init__(self, prior: LatentPrior, *, gamma: float = 0.1, **kwargs: Any) -> None:
+    def __init__(
+        self, prior: LatentPrior, *, gamma: float = 0.1, eta: float = 0.0, **kwargs: Any
+    ) -> None:
         if not (math.isfinite(float(gamma)) and float(gamma) >= 0):
             raise ConfigError(f"gamma must be a finite number >= 0, found {gamma}")
-        super().__init__(prior, **kwargs)
+        super().__init__(prior, eta=eta, **kwargs)
         self.gamma = float(gamma)
 
     def settings(self) -> dict[str, Any]:
