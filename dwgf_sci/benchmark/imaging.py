@@ -182,8 +182,7 @@ def run_one(
         if device.type == "cuda":
             torch.cuda.synchronize()
         wall = time.perf_counter() - start
-    mean = post.mean if callable(getattr(post, "mean", None)) else post
-    mean = mean.as_tensor() if hasattr(mean, "as_tensor") else mean
+    mean = post.as_tensor()  # every method returns a Posterior
     record: dict[str, Any] = {
         "task": item.task,
         "split": item.split,
@@ -196,12 +195,11 @@ def run_one(
         "coverage90": None,
         "wall_s": wall,
         "peak_mib": mem.peak_mib,
-        "calls": dict(getattr(post, "calls", {}) or {}),
-        "n_samples": int(getattr(post, "n_samples", 1)),
+        "calls": dict(post.calls),
+        "n_samples": post.n_samples,
     }
-    samples = post.samples if hasattr(post, "samples") else None
-    if samples is not None and samples.shape[0] >= 2:
-        record["coverage90"] = coverage(samples, item.x, 0.9)
+    if post.n_samples >= 2:
+        record["coverage90"] = coverage(post.samples, item.x, 0.9)
     record["_mean"] = mean.detach()
     return record
 
