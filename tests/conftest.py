@@ -26,3 +26,11 @@ torch.set_num_threads(1)
 def _seed():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture(scope="session")
+def tiny_latent_prior():
+    """An untrained 32 px latent diffusion prior with tiny networks (a learned decoder)."""
+    from dwgf_sci.priors.tiny import build_tiny_latent_prior
+
+    return build_tiny_latent_prior(image_size=32, seed=0)

@@ -55,6 +55,78 @@ def test_mala_likelihood_step_matches_gaussian_posterior():
     assert 0.2 < post.history[-1]["accept"] < 0.95
 
 
+@pytest.mark.parametrize("step", ["exact", "rto"])
+def test_gibbs_scheme_matches_gaussian_posterior(step):
+    # the diffused-posterior Gibbs sampler keeps the posterior invariant when the Tweedie
+    # Gaussian is exact (unit-variance Gaussian prior); RTO with a converged CG is an exact draw
+    # for an affine decoder, so both likelihood steps must give the closed form
+    prior, physics, y, mean, cov = gaussian_problem()
+    post = DWGF(
+        prior, particles=512, steps=60, scheme="gibbs", likelihood_step=step, cg_steps=8, seed=3
+    )(y, physics)
+    s = post.samples.flatten(1).double()
+    sd = cov.diagonal().sqrt().double()
+    assert float(((s.mean(0) - mean.double()) / sd).pow(2).mean().sqrt()) < 0.2
+    assert 0.8 < float((s.var(0) / cov.diagonal().double()).mean()) < 1.25
+    assert {"data", "rho"} <= set(post.history[-1])
+
+
+def test_rto_step_in_the_smc_scheme_and_a_truncated_cg():
+    prior, physics, y, mean, cov = gaussian_problem()
+    post = DWGF(prior, particles=256, steps=40, likelihood_step="rto", cg_steps=8, seed=4)(
+        y, physics
+    )
+    s = post.samples.flatten(1).double()
+    sd = cov.diagonal().sqrt().double()
+    assert float(((s.mean(0) - mean.double()) / sd).pow(2).mean().sqrt()) < 0.25
+    assert 0.7 < float((s.var(0) / cov.diagonal().double()).mean()) < 1.4
+    # a single CG iteration is not converged: the draws are further from the posterior
+    one = DWGF(
+        prior, particles=256, steps=40, scheme="gibbs", likelihood_step="rto", cg_steps=1, seed=4
+    )(y, physics)
+    s1 = one.samples.flatten(1).double()
+    err1 = float(((s1.mean(0) - mean.double()) / sd).pow(2).mean().sqrt())
+    var1 = float((s1.var(0) / cov.diagonal().double()).mean())
+    assert err1 > 0.25 or not 0.7 < var1 < 1.4
+
+
+def test_scheme_auto_and_rto_needs_a_gaussian_data_term(tiny_latent_prior):
+    prior, physics, y, *_ = gaussian_problem()
+    assert DWGF(prior).resolved_scheme() == "smc"  # affine decoder: weighted SMC
+    assert DWGF(tiny_latent_prior).resolved_scheme() == "gibbs"  # learned decoder
+    assert DWGF(prior, scheme="gibbs").resolved_scheme() == "gibbs"
+    prior.reset_calls()
+    with pytest.raises(ConfigError, match="rto"):
+        DWGF(prior, likelihood_step="rto", data_term="mse", steps=3)(y, physics)
+    assert sum(prior.calls.values()) == 0
+    for kw in ({"cg_steps": 0}, {"line_search": 0}):
+        with pytest.raises(ConfigError, match="cg_steps"):
+            DWGF(prior, **kw)
+
+
+def test_default_preset_fits_the_data_with_a_learned_decoder(tiny_latent_prior):
+    # a learned (non-affine) decoder: Gibbs scheme and the RTO likelihood step; the particles
+    # must end far closer to the data than where they start, and the line search must keep
+    # every particle finite
+    prior = tiny_latent_prior
+    g = torch.Generator().manual_seed(0)
+    x = prior.from_model(
+        prior.decode(torch.randn(1, *prior.latent_shape((1, 32, 32)), generator=g))
+    )
+    physics = dinv.physics.BlurFFT(
+        img_size=(1, 32, 32), filter=dinv.physics.blur.gaussian_blur(1.0)
+    )
+    sigma = 0.01 * float(x.abs().max())
+    physics.noise_model = dinv.physics.GaussianNoise(sigma)
+    y = physics(x)
+    post = DWGF(prior, particles=2, steps=8, seed=0)(y, physics)
+    assert post.settings["scheme"] == "auto" and torch.isfinite(post.samples).all()
+    first, last = post.history[0]["data"], post.history[-1]["data"]
+    assert last < 0.2 * first, (first, last)
+    per_level = post.calls["unet"] / 8
+    assert per_level == 2  # one UNet forward per particle and level
+
+
 def test_smc_weight_increment_is_exact_for_unit_gaussian_data():
     # log p_rho_n(u) - log p_rho_{n-1}(u) from the network's noise prediction alone
     d = 3
@@ -154,7 +226,7 @@ def test_smc_options_are_checked():
         DWGF(prior, likelihood_step="exact", data_term="mse", steps=3)(y, physics)
     assert sum(prior.calls.values()) == 0
     settings = DWGF(prior).settings()
-    assert settings["scheme"] == "smc" and DWGF.reference(prior).settings()["scheme"] == "flow"
+    assert settings["scheme"] == "auto" and DWGF.reference(prior).settings()["scheme"] == "flow"
 
 
 def test_reference_preset_settings():

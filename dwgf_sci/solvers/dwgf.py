@@ -159,7 +159,7 @@ DEFAULT: dict[str, Any] = {
     "temperature": 1.0,
     "init": "random",
     "refine_steps": 0,
-    "scheme": "smc",
+    "scheme": "auto",
     "split": 0.5,
     "resample_ess": 0.5,
     "sweeps": 1,
@@ -168,6 +168,8 @@ DEFAULT: dict[str, Any] = {
     "mala_accept": 0.6,
     "mala_start": "reference",
     "laplacian_probes": 0,
+    "cg_steps": 5,
+    "line_search": 3,
 }
 
 #: SMC settings used when a preset does not name them (the reference preset is a flow).
@@ -182,6 +184,8 @@ SMC_DEFAULTS: dict[str, Any] = {
         "mala_accept",
         "mala_start",
         "laplacian_probes",
+        "cg_steps",
+        "line_search",
     )
 }
 
@@ -194,8 +198,8 @@ FAST: dict[str, Any] = {**DEFAULT, "mala_steps": 1, "mala_start": "previous"}
 
 PRESETS: dict[str, dict[str, Any]] = {"reference": REFERENCE, "default": DEFAULT, "fast": FAST}
 OPTIMIZERS = ("adam", "sgd", "psgld")
-SCHEMES = ("flow", "smc")
-LIKELIHOOD_STEPS = ("auto", "exact", "mala")
+SCHEMES = ("flow", "smc", "gibbs", "auto")
+LIKELIHOOD_STEPS = ("auto", "exact", "rto", "mala")
 #: Largest latent dimension for which ``likelihood_step="auto"`` builds the dense matrix J.
 EXACT_MAX_DIM = 4096
 WEIGHT_SCHEDULES = ("constant", "score")
@@ -228,7 +232,16 @@ class SMCState:
     phi: Tensor | None = None
     grad: Tensor | None = None
     eta: Tensor | None = None
+    curv: Tensor | None = None
+    mode: str = "mala"
     resamples: int = 0
+
+
+def _real_flat(t: Tensor) -> Tensor:
+    """Flatten per item, complex values as (real, imaginary) pairs."""
+    if torch.is_complex(t):
+        t = torch.view_as_real(t)
+    return t.reshape(t.shape[0], -1)
 
 
 class DWGF(LatentSolver):
@@ -318,6 +331,8 @@ class DWGF(LatentSolver):
         mala_accept: float | None = None,
         mala_start: str | None = None,
         laplacian_probes: int | None = None,
+        cg_steps: int | None = None,
+        line_search: int | None = None,
         **kwargs: Any,
     ) -> None:
         if preset not in PRESETS:
@@ -344,6 +359,8 @@ class DWGF(LatentSolver):
             "mala_accept": mala_accept,
             "mala_start": mala_start,
             "laplacian_probes": laplacian_probes,
+            "cg_steps": cg_steps,
+            "line_search": line_search,
         }
         cfg = {
             **SMC_DEFAULTS,
@@ -377,6 +394,8 @@ class DWGF(LatentSolver):
         self.mala_accept = float(cfg["mala_accept"])
         self.mala_start = cfg["mala_start"]
         self.laplacian_probes = int(cfg["laplacian_probes"])
+        self.cg_steps = int(cfg["cg_steps"])
+        self.line_search = int(cfg["line_search"])
         self._check()
 
     @classmethod
@@ -418,6 +437,10 @@ class DWGF(LatentSolver):
             raise ConfigError(
                 f"sweeps and mala_steps must be >= 1, found {self.sweeps}, {self.mala_steps}"
             )
+        if self.cg_steps < 1 or self.line_search < 1:
+            raise ConfigError(
+                f"cg_steps and line_search must be >= 1, found {self.cg_steps}, {self.line_search}"
+            )
         if self.laplacian_probes < 0:
             raise ConfigError(f"laplacian_probes must be >= 0, found {self.laplacian_probes}")
         if self.mala_start not in ("reference", "previous"):
@@ -454,6 +477,8 @@ class DWGF(LatentSolver):
             "mala_accept": self.mala_accept,
             "mala_start": self.mala_start,
             "laplacian_probes": self.laplacian_probes,
+            "cg_steps": self.cg_steps,
+            "line_search": self.line_search,
         }
 
     # ------------------------------------------------------------------ loop hooks
@@ -467,7 +492,7 @@ class DWGF(LatentSolver):
 
     def init_state(self, problem: Problem) -> DWGFState | SMCState:
         """Start the particles (random or pseudo-inverse) and the optimiser."""
-        if self.scheme == "smc":
+        if self.resolved_scheme() != "flow":
             return self._smc_init(problem)
         shape = (problem.n, *problem.latent_shape)
         if self.init == "random":
@@ -512,6 +537,8 @@ class DWGF(LatentSolver):
     ) -> dict[str, float]:
         """One DWGF iteration at timestep ``t`` (see the module docstring)."""
         if isinstance(state, SMCState):
+            if self.resolved_scheme() == "gibbs":
+                return self._gibbs_step(state, t, problem)
             return self._smc_step(state, t, problem)
         z = state.z
         ab = self.alpha_bar(t, problem)
@@ -605,7 +632,33 @@ class DWGF(LatentSolver):
             return "exact"
         if self.likelihood_step == "auto" and not reasons and dim <= EXACT_MAX_DIM:
             return "exact"
+        if self.likelihood_step == "rto" and problem.data_term.kind != "gaussian":
+            raise ConfigError(
+                "likelihood_step='rto' needs a Gaussian data term, found "
+                f"{problem.data_term.kind!r}; use 'mala'"
+            )
+        if self.likelihood_step in ("auto", "rto") and problem.data_term.kind == "gaussian":
+            return "rto"
         return "mala"
+
+    def resolved_scheme(self) -> str:
+        """The scheme a run uses: ``"auto"`` is ``"smc"`` for a prior with an affine decoder
+        (the likelihood of a noisy latent is then meaningful) and ``"gibbs"`` otherwise."""
+        if self.scheme != "auto":
+            return self.scheme
+        return "smc" if isinstance(self.prior, GaussianMixturePrior) else "gibbs"
+
+    def _likelihood_move(
+        self, state: SMCState, centre: Tensor, var: float, problem: Problem
+    ) -> float:
+        """Draw the particles from :math:`\\mathcal{N}(u; c, v I)\\, L(u)` by the resolved
+        likelihood step; returns its acceptance statistic (NaN for the exact draw)."""
+        if state.mode == "exact":
+            state.z = self._exact_draw(state, centre, 1.0 / var, problem)
+            return float("nan")
+        if state.mode == "rto":
+            return self._rto(state, centre, var, problem)
+        return self._mala(state, centre, var, problem)
 
     def _gaussian_factors(self, problem: Problem, dim: int) -> dict[str, Tensor]:
         """Matrix :math:`J` of :math:`u \\mapsto A(D(u))` by probing (``dim + 1`` decoder
@@ -659,7 +712,8 @@ class DWGF(LatentSolver):
         dim = math.prod(problem.latent_shape)
         mode = self._likelihood_mode(problem, dim)
         ab = self.alpha_bar(int(problem.grid[0]), problem)
-        var0 = 1.0 + (1.0 - ab) / ab
+        # smc: the particles are noisy latents at the first level; gibbs: clean latents
+        var0 = 1.0 + (1.0 - ab) / ab if self.resolved_scheme() == "smc" else 1.0
         centre = torch.zeros((problem.n, dim), device=problem.device, dtype=problem.dtype)
         if self.init == "pinv":
             z0 = self.encode_physical(self.pseudo_inverse(problem)).to(problem.dtype)
@@ -667,13 +721,14 @@ class DWGF(LatentSolver):
             var0 *= self.init_noise**2
         z = centre + math.sqrt(var0) * self.randn((problem.n, dim), problem)
         log_w = torch.zeros(problem.batch, problem.particles, device=problem.device)
-        state = SMCState(z=z, log_w=log_w.to(torch.float64))
+        state = SMCState(z=z, log_w=log_w.to(torch.float64), mode=mode)
         if mode == "exact":
             state.gauss = self._gaussian_factors(problem, dim)
             state.z = self._exact_draw(state, centre, 1.0 / var0, problem)
         else:
             state.phi, state.grad = self._data_and_grad(z, problem)
             state.eta = torch.full((problem.batch,), 0.1, dtype=torch.float64, device=z.device)
+            state.curv = torch.full((problem.batch,), -1.0, dtype=torch.float64, device=z.device)
         return state
 
     def _resample(self, state: SMCState, problem: Problem, which: Tensor) -> Tensor:
@@ -695,6 +750,99 @@ class DWGF(LatentSolver):
         state.resamples += int(which.sum())
         return flat
 
+    def _rto(self, state: SMCState, centre: Tensor, var: float, problem: Problem) -> float:
+        """Randomise-then-optimise draw of :math:`u \\propto \\mathcal{N}(u; c, v I)\\,
+        \\mathcal{N}(y; A(D(u)), \\sigma^2 I)`: perturb the prior centre and the data, then take
+        one Gauss-Newton step from the current particle, solved by ``cg_steps`` conjugate-gradient
+        iterations (exact for an affine :math:`u \\mapsto A(D(u))` once converged).
+
+        The Jacobian products use one decoder forward with graph at the current particle:
+        :math:`J^\\top w` by a backward pass through it, :math:`J d` by a forward finite
+        difference. Returns the relative CG residual."""
+        sigma = float(problem.data_term.sigma)
+        n = state.z.shape[0]
+        target = centre + math.sqrt(var) * self.randn(tuple(centre.shape), problem)
+        x_c = state.z.detach()
+        outs = []
+        for sl in self.chunks(n):
+            zc = x_c[sl].reshape(-1, *problem.latent_shape).requires_grad_(True)
+            with torch.enable_grad():
+                ax = _real_flat(problem.physics.A(self.render(zc)))
+            outs.append((sl, zc, ax))
+        y = _real_flat(problem.y_rep)
+        y_pert = y + sigma * self.randn(tuple(y.shape), problem)
+        ax_c = torch.cat([o[2].detach() for o in outs])
+
+        def jt(w: Tensor) -> Tensor:  # J^T w, w in measurement space
+            parts = []
+            for sl, zc, ax in outs:
+                (g,) = torch.autograd.grad(ax, zc, w[sl], retain_graph=True)
+                parts.append(g.reshape(zc.shape[0], -1))
+            self.prior.calls["decoder_backward"] += n
+            return torch.cat(parts)
+
+        def jd(d: Tensor) -> Tensor:  # J d by a forward difference
+            scale = x_c.norm(dim=1, keepdim=True).clamp_min(1.0)
+            h = 1e-3 * scale / d.norm(dim=1, keepdim=True).clamp_min(1e-30)
+            shifted = (x_c + h * d).reshape(n, *problem.latent_shape)
+            with torch.no_grad():
+                ax = torch.cat(
+                    [
+                        _real_flat(problem.physics.A(self.render(shifted[sl])))
+                        for sl in self.chunks(n)
+                    ]
+                )
+            return (ax - ax_c) / h
+
+        def op(d: Tensor) -> Tensor:
+            return d / var + jt(jd(d)) / sigma**2
+
+        b = (target - x_c) / var - jt(ax_c - y_pert) / sigma**2
+        d = torch.zeros_like(b)
+        r, p = b.clone(), b.clone()
+        rr = r.pow(2).sum(1, keepdim=True)
+        rr0 = rr.clone()
+        for _ in range(self.cg_steps):
+            q = op(p)
+            alpha = rr / (p * q).sum(1, keepdim=True).clamp_min(1e-30)
+            d = d + alpha * p
+            r = r - alpha * q
+            rr_new = r.pow(2).sum(1, keepdim=True)
+            p = r + (rr_new / rr.clamp_min(1e-30)) * p
+            rr = rr_new
+
+        # backtracking on the randomised objective: the linearisation can overshoot where the
+        # decoder is strongly non-linear; a particle whose step does not lower it stays put
+        def objective(x: Tensor, ax: Tensor) -> Tensor:
+            return (
+                0.5 * (x - target).pow(2).sum(1) / var
+                + 0.5 * (ax - y_pert).pow(2).sum(1) / sigma**2
+            )
+
+        best = objective(x_c, ax_c)
+        new, ax_new = x_c.clone(), ax_c.clone()
+        todo = torch.ones(n, dtype=torch.bool, device=x_c.device)
+        frac = 1.0
+        for _ in range(self.line_search):
+            cand = x_c + frac * d
+            with torch.no_grad():
+                shaped = cand.reshape(n, *problem.latent_shape)
+                ax = torch.cat(
+                    [
+                        _real_flat(problem.physics.A(self.render(shaped[sl])))
+                        for sl in self.chunks(n)
+                    ]
+                )
+            ok = todo & (objective(cand, ax) < best)
+            new[ok], ax_new[ok] = cand[ok], ax[ok]
+            todo &= ~ok
+            if not bool(todo.any()):
+                break
+            frac *= 0.25
+        state.z = new.detach()
+        state.phi = 0.5 * (ax_new - y).pow(2).sum(1) / sigma**2
+        return float((~todo).to(torch.float64).mean())
+
     def _mala(self, state: SMCState, v: Tensor, delta2: float, problem: Problem) -> float:
         """``mala_steps`` MALA steps on :math:`\\mathcal{N}(u; v, \\delta^2 I)\\, e^{-\\Phi(u)}`;
         returns the mean acceptance rate."""
@@ -712,9 +860,12 @@ class DWGF(LatentSolver):
         lg, gl = log_target(u, phi, grad)
         rates = []
         for _ in range(self.mala_steps):
-            tau = (state.eta * delta2).repeat_interleave(p).to(u.dtype)[:, None]
+            assert state.curv is not None
+            tau_b = state.eta / (1.0 / delta2 + state.curv.clamp_min(0.0))
+            tau = tau_b.repeat_interleave(p).to(u.dtype)[:, None]
             prop = u + tau * gl + (2 * tau).sqrt() * self.randn(tuple(u.shape), problem)
             phi_p, grad_p = self._data_and_grad(prop, problem)
+            self._update_curvature(state, prop - u, grad_p - grad, problem)
             lg_p, gl_p = log_target(prop, phi_p, grad_p)
             fwd = -(prop - u - tau * gl).pow(2).sum(1) / (4 * tau[:, 0])
             bwd = -(u - prop - tau * gl_p).pow(2).sum(1) / (4 * tau[:, 0])
@@ -726,10 +877,24 @@ class DWGF(LatentSolver):
             grad = torch.where(a2, grad_p, grad)
             lg, gl = torch.where(acc, lg_p, lg), torch.where(a2, gl_p, gl)
             rate = acc.reshape(b, p).to(torch.float64).mean(1)
-            state.eta = (state.eta * torch.exp(2.0 * (rate - self.mala_accept))).clamp(1e-12, 1.0)
+            state.eta = (state.eta * torch.exp(2.0 * (rate - self.mala_accept))).clamp(1e-6, 1.0)
             rates.append(float(rate.mean()))
         state.z, state.phi, state.grad = u, phi, grad
         return sum(rates) / len(rates)
+
+    @staticmethod
+    def _update_curvature(state: SMCState, du: Tensor, dg: Tensor, problem: Problem) -> None:
+        """Track the data term's mean curvature :math:`h` per measurement from the secant
+        :math:`\\Delta u \\cdot \\Delta\\nabla\\Phi / \\|\\Delta u\\|^2` of each proposal (a
+        Rayleigh quotient of the Hessian along a random direction: :math:`\\mathrm{tr}\\,H /
+        \\dim u` on average). Free: both gradients are computed anyway."""
+        b, p = problem.batch, problem.particles
+        num = (du * dg).to(torch.float64).sum(1)
+        den = du.to(torch.float64).pow(2).sum(1).clamp_min(1e-300)
+        new = torch.nan_to_num((num / den).reshape(b, p).mean(1), nan=0.0).clamp_min(0.0)
+        assert state.curv is not None
+        first = state.curv < 0
+        state.curv = torch.where(first, new, 0.5 * state.curv + 0.5 * new)
 
     @staticmethod
     def log_weight_increment(eps: Tensor, rho2: float, rho2_prev: float) -> Tensor:
@@ -781,6 +946,39 @@ class DWGF(LatentSolver):
         v_n = rho2 / (1.0 + rho2)
         return -0.5 * (prev - rho2) * (rho2 * trace - dim * v_n) / rho2**2
 
+    def _gibbs_step(self, state: SMCState, t: int, problem: Problem) -> dict[str, float]:
+        """One level of the diffused-posterior Gibbs sampler (see the module documentation):
+        noise the clean particles to level :math:`\\rho`, denoise them with the network
+        (Tweedie mean and variance) and draw them again from the Tweedie Gaussian times the
+        likelihood."""
+        ab = self.alpha_bar(t, problem)
+        a, rho2 = math.sqrt(ab), (1.0 - ab) / ab
+        rho = math.sqrt(rho2)
+        var = rho2 / (1.0 + rho2)
+        accept = float("nan")
+        for _ in range(self.sweeps):
+            u = state.z + rho * self.randn(tuple(state.z.shape), problem)
+            z_t = (a * u).reshape(problem.n, *problem.latent_shape).to(problem.dtype)
+            eps = self.predict_noise(z_t, t).reshape(problem.n, -1).to(state.z.dtype)
+            centre = u - rho * eps
+            accept = self._likelihood_move(state, centre, var, problem)
+        state.rho2_prev = rho2
+        info = {"rho": rho, **self._misfit(state, problem)}
+        if state.gauss is None:
+            info["accept"] = accept
+        return info
+
+    def _misfit(self, state: SMCState, problem: Problem) -> dict[str, float]:
+        """Mean data term and reduced chi-square of the particles, without a network call."""
+        if state.gauss is not None:  # A(D(u)) = J u + c
+            g = state.gauss
+            y = problem.y_rep.real if torch.is_complex(problem.y_rep) else problem.y_rep
+            resid = state.z.to(torch.float64) @ g["J"].T + g["offset"] - y.flatten(1)
+            r2 = resid.pow(2) / float(problem.data_term.sigma) ** 2
+            return {"data": float(0.5 * r2.sum(1).mean()), "chi2": float(r2.mean())}
+        assert state.phi is not None
+        return {"data": float(state.phi.mean())}
+
     def _smc_step(self, state: SMCState, t: int, problem: Problem) -> dict[str, float]:
         """One level of the annealed split-Gibbs SMC sampler (see the module documentation)."""
         ab = self.alpha_bar(t, problem)
@@ -808,21 +1006,10 @@ class DWGF(LatentSolver):
             noise = self.randn(tuple(state.z.shape), problem)
             v = state.z - self.split * rho * eps
             v = v + math.sqrt(delta2 * (1.0 + rest2) / (1.0 + rho2)) * noise
-            if state.gauss is not None:
-                state.z = self._exact_draw(state, v, 1.0 / delta2, problem)
-            else:
-                accept = self._mala(state, v, delta2, problem)
+            accept = self._likelihood_move(state, v, delta2, problem)
         state.rho2_prev = rho2
         info = {"ess": ess, "resamples": float(state.resamples), "rho": rho}
-        if state.gauss is not None:  # A(D(u)) = J u + c: the misfit costs no network call
-            g = state.gauss
-            y = problem.y_rep.real if torch.is_complex(problem.y_rep) else problem.y_rep
-            resid = state.z.to(torch.float64) @ g["J"].T + g["offset"] - y.flatten(1)
-            r2 = resid.pow(2) / float(problem.data_term.sigma) ** 2
-            info["data"] = float(0.5 * r2.sum(1).mean())
-            info["chi2"] = float(r2.mean())
-        else:
-            assert state.phi is not None
-            info["data"] = float(state.phi.mean())
+        info.update(self._misfit(state, problem))
+        if state.gauss is None:
             info["accept"] = accept
         return info
