@@ -750,60 +750,68 @@ class DWGF(LatentSolver):
         state.resamples += int(which.sum())
         return flat
 
+    def _measure(self, u: Tensor, problem: Problem) -> Tensor:
+        """:math:`A(D(u))` of flattened latents, no gradient, flattened to real values."""
+        shaped = u.reshape(u.shape[0], *problem.latent_shape)
+        with torch.no_grad():
+            parts = [
+                _real_flat(problem.physics.A(self.render(shaped[sl])))
+                for sl in self.chunks(u.shape[0])
+            ]
+        return torch.cat(parts)
+
     def _rto(self, state: SMCState, centre: Tensor, var: float, problem: Problem) -> float:
         """Randomise-then-optimise draw of :math:`u \\propto \\mathcal{N}(u; c, v I)\\,
-        \\mathcal{N}(y; A(D(u)), \\sigma^2 I)`: perturb the prior centre and the data, then take
-        one Gauss-Newton step from the current particle, solved by ``cg_steps`` conjugate-gradient
-        iterations (exact for an affine :math:`u \\mapsto A(D(u))` once converged).
+        \\mathcal{N}(y; A(D(u)), \\sigma^2 I)` (see the module documentation).
 
-        The Jacobian products use one decoder forward with graph at the current particle:
-        :math:`J^\\top w` by a backward pass through it, :math:`J d` by a forward finite
-        difference. Returns the relative CG residual."""
+        Perturb the centre and the data, :math:`\\tilde c = c + \\sqrt v\\,\\xi_1`,
+        :math:`\\tilde y = y + \\sigma\\xi_2`, and take one Gauss-Newton step from the current
+        particle :math:`u_0` on :math:`\\tfrac{1}{2v}\\|u - \\tilde c\\|^2
+        + \\tfrac{1}{2\\sigma^2}\\|A(D(u)) - \\tilde y\\|^2`:
+        solve :math:`(I/v + J^\\top J/\\sigma^2)\\,d = (\\tilde c - u_0)/v - J^\\top(A(D(u_0)) -
+        \\tilde y)/\\sigma^2` by ``cg_steps`` conjugate-gradient iterations, then backtrack
+        (``line_search`` trials, step x 1/4 each) until the objective decreases; a particle
+        whose step never does stays put. For an affine :math:`u \\mapsto A(D(u))` and a
+        converged CG this is an exact draw.
+
+        :math:`J = \\partial A(D(u))/\\partial u` at :math:`u_0` is never formed: one decoder
+        forward with graph at :math:`u_0` gives :math:`J^\\top w` by backward passes through it,
+        and :math:`J d` is a forward difference (one decoder forward). Per particle and call:
+        ``cg_steps + 1`` backward passes and ``cg_steps + 1`` to ``cg_steps + line_search + 1``
+        forwards. Returns the fraction of particles that moved."""
         sigma = float(problem.data_term.sigma)
         n = state.z.shape[0]
         target = centre + math.sqrt(var) * self.randn(tuple(centre.shape), problem)
         x_c = state.z.detach()
-        outs = []
+        graphs = []
         for sl in self.chunks(n):
             zc = x_c[sl].reshape(-1, *problem.latent_shape).requires_grad_(True)
             with torch.enable_grad():
-                ax = _real_flat(problem.physics.A(self.render(zc)))
-            outs.append((sl, zc, ax))
+                graphs.append((sl, zc, _real_flat(problem.physics.A(self.render(zc)))))
+        ax_c = torch.cat([ax.detach() for *_, ax in graphs])
         y = _real_flat(problem.y_rep)
         y_pert = y + sigma * self.randn(tuple(y.shape), problem)
-        ax_c = torch.cat([o[2].detach() for o in outs])
 
-        def jt(w: Tensor) -> Tensor:  # J^T w, w in measurement space
+        def jt(w: Tensor) -> Tensor:  # J^T w through the stored graph
             parts = []
-            for sl, zc, ax in outs:
+            for sl, zc, ax in graphs:
                 (g,) = torch.autograd.grad(ax, zc, w[sl], retain_graph=True)
                 parts.append(g.reshape(zc.shape[0], -1))
             self.prior.calls["decoder_backward"] += n
             return torch.cat(parts)
 
-        def jd(d: Tensor) -> Tensor:  # J d by a forward difference
-            scale = x_c.norm(dim=1, keepdim=True).clamp_min(1.0)
-            h = 1e-3 * scale / d.norm(dim=1, keepdim=True).clamp_min(1e-30)
-            shifted = (x_c + h * d).reshape(n, *problem.latent_shape)
-            with torch.no_grad():
-                ax = torch.cat(
-                    [
-                        _real_flat(problem.physics.A(self.render(shifted[sl])))
-                        for sl in self.chunks(n)
-                    ]
-                )
-            return (ax - ax_c) / h
+        def jd(d: Tensor) -> Tensor:  # J d by a forward difference of relative size 1e-3
+            h = 1e-3 * x_c.norm(dim=1, keepdim=True).clamp_min(1.0)
+            h = h / d.norm(dim=1, keepdim=True).clamp_min(1e-30)
+            return (self._measure(x_c + h * d, problem) - ax_c) / h
 
-        def op(d: Tensor) -> Tensor:
-            return d / var + jt(jd(d)) / sigma**2
-
+        # batched conjugate gradients, one system per particle
         b = (target - x_c) / var - jt(ax_c - y_pert) / sigma**2
         d = torch.zeros_like(b)
         r, p = b.clone(), b.clone()
         rr = r.pow(2).sum(1, keepdim=True)
-        rr0 = rr.clone()
         for _ in range(self.cg_steps):
-            q = op(p)
+            q = p / var + jt(jd(p)) / sigma**2
             alpha = rr / (p * q).sum(1, keepdim=True).clamp_min(1e-30)
             d = d + alpha * p
             r = r - alpha * q
@@ -811,13 +819,9 @@ class DWGF(LatentSolver):
             p = r + (rr_new / rr.clamp_min(1e-30)) * p
             rr = rr_new
 
-        # backtracking on the randomised objective: the linearisation can overshoot where the
-        # decoder is strongly non-linear; a particle whose step does not lower it stays put
         def objective(x: Tensor, ax: Tensor) -> Tensor:
-            return (
-                0.5 * (x - target).pow(2).sum(1) / var
-                + 0.5 * (ax - y_pert).pow(2).sum(1) / sigma**2
-            )
+            prior_part = 0.5 * (x - target).pow(2).sum(1) / var
+            return prior_part + 0.5 * (ax - y_pert).pow(2).sum(1) / sigma**2
 
         best = objective(x_c, ax_c)
         new, ax_new = x_c.clone(), ax_c.clone()
@@ -825,21 +829,14 @@ class DWGF(LatentSolver):
         frac = 1.0
         for _ in range(self.line_search):
             cand = x_c + frac * d
-            with torch.no_grad():
-                shaped = cand.reshape(n, *problem.latent_shape)
-                ax = torch.cat(
-                    [
-                        _real_flat(problem.physics.A(self.render(shaped[sl])))
-                        for sl in self.chunks(n)
-                    ]
-                )
+            ax = self._measure(cand, problem)
             ok = todo & (objective(cand, ax) < best)
             new[ok], ax_new[ok] = cand[ok], ax[ok]
             todo &= ~ok
             if not bool(todo.any()):
                 break
             frac *= 0.25
-        state.z = new.detach()
+        state.z = new
         state.phi = 0.5 * (ax_new - y).pow(2).sum(1) / sigma**2
         return float((~todo).to(torch.float64).mean())
 
