@@ -7,8 +7,9 @@ import json
 import pytest
 import torch
 
-from dwgf_sci.benchmark.imaging import reduced_chi2
+from dwgf_sci.benchmark.imaging import reduced_chi2, run_one
 from dwgf_sci.benchmark.tasks import get_task
+from dwgf_sci.metrics import psnr
 from dwgf_sci.priors import SHIPPED_PRIORS, available_priors, load_prior
 from dwgf_sci.priors.loading import WEIGHTS_DIR
 from dwgf_sci.solvers import DWGF
@@ -29,15 +30,17 @@ def test_shipped_priors_are_installed_small_and_documented():
         assert metrics  # measured by benchmarks/prior_metrics.py
 
 
-@pytest.mark.parametrize(("task", "steps"), [("galaxy-deconv", 200), ("ct-20", 40)])
-def test_shipped_prior_reconstructs_its_task(task, steps):
+@pytest.mark.parametrize(("task", "baseline"), [("galaxy-deconv", "wiener"), ("ct-20", "fbp")])
+def test_shipped_prior_reconstructs_its_task(task, baseline):
     t = get_task(task)
     prior = load_prior(t.prior)
     assert prior.image_size == (64, 64) and prior.image_channels == 1
     item = next(t.items("validation", 1))
-    post = DWGF(prior, preset="fast", particles=2, steps=steps, seed=0)(item.y, item.physics)
+    post = DWGF(prior, preset="fast", particles=2, steps=10, seed=0)(item.y, item.physics)
     assert post.samples.shape == (2, 1, 64, 64) and torch.isfinite(post.samples).all()
-    # the mean fits the data far better than an empty image (a sampler stuck at the prior fails;
-    # so do short galaxy runs: 40 steps gave a reduced chi2 of 104 against 56 for an empty image)
-    empty = torch.zeros_like(item.x)
-    assert reduced_chi2(post.mean, item) < 0.5 * reduced_chi2(empty, item)
+    # the posterior mean fits the data at the noise level (reduced chi2 of the truth ~1; a sampler
+    # that under-fits, as the split-Gibbs SMC with MALA did on these priors, gives 15-400) and
+    # beats the classical baseline
+    assert reduced_chi2(post.mean, item) < 2.0
+    classical = run_one(item, baseline, None)
+    assert float(psnr(post.mean, item.x)) > classical["psnr"] + 1.0

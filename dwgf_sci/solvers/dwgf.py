@@ -234,7 +234,13 @@ SMC_DEFAULTS: dict[str, Any] = {
 #: Per level one UNet forward and one decoder forward + backward, 2.4x less than the default
 #: preset; on two validation galaxies (``galaxy-deconv``, 200 steps) its PSNR was 35.1 dB against
 #: 34.0 dB. The exact-likelihood path (affine decoders) is the same as the default's.
-FAST: dict[str, Any] = {**DEFAULT, "mala_steps": 1, "mala_start": "previous"}
+FAST: dict[str, Any] = {
+    **DEFAULT,
+    "steps": 20,
+    "cg_steps": 3,
+    "mala_steps": 1,
+    "mala_start": "previous",
+}
 
 PRESETS: dict[str, dict[str, Any]] = {"reference": REFERENCE, "default": DEFAULT, "fast": FAST}
 OPTIMIZERS = ("adam", "sgd", "psgld")
