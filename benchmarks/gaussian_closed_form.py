@@ -11,9 +11,14 @@ deviations, :math:`\sqrt{\mathrm{mean}_i ((\hat\mu_i - \mu_i)/\Sigma_{ii}^{1/2})
 level with :math:`N` particles: about :math:`N^{-1/2}`), and the ratio of sample to exact
 marginal variances (mean, min, max over coordinates; 1 is calibrated), for
 
-* ``default``: ``DWGF(prior, particles=N)`` (the split-Gibbs SMC preset, exact likelihood step);
-* ``default-mala``: the same with ``likelihood_step="mala"`` (the path used for non-linear
+* ``default``: ``DWGF(prior, particles=N, steps=200)`` (the split-Gibbs SMC, which the default
+  preset uses for an affine decoder, exact likelihood step);
+* ``default-mala``: the same with ``likelihood_step="mala"`` (the path once used for non-linear
   decoders and likelihoods);
+* ``gibbs``: the diffused-posterior Gibbs scheme (the default for learned decoders) with the
+  exact likelihood step, the preset's 50 levels;
+* ``gibbs-rto``: the same with the randomise-then-optimise likelihood step (5 CG iterations), the
+  path every learned-decoder prior takes;
 * ``flow``: the previous default, ``scheme="flow"`` (annealed preconditioned Langevin);
 * ``reference``: ``DWGF.reference(prior, particles=64)`` (the reference implementation's
   settings, 1000 steps), for contrast.
@@ -44,8 +49,10 @@ RESULTS = Path(__file__).parent / "results"
 CASES = [(8, 4, 0.3), (16, 4, 0.1), (32, 8, 0.3), (64, 16, 0.05)]
 PARTICLES = 1000
 METHODS: dict[str, dict[str, Any]] = {
-    "default": {"particles": PARTICLES},
-    "default-mala": {"particles": PARTICLES, "likelihood_step": "mala"},
+    "default": {"particles": PARTICLES, "steps": 200},
+    "default-mala": {"particles": PARTICLES, "steps": 200, "likelihood_step": "mala"},
+    "gibbs": {"particles": PARTICLES, "scheme": "gibbs"},
+    "gibbs-rto": {"particles": PARTICLES, "scheme": "gibbs", "likelihood_step": "rto"},
     "flow": {"particles": PARTICLES, "scheme": "flow"},
     "reference": {"preset": "reference", "particles": 64},
 }

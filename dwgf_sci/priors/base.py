@@ -80,6 +80,9 @@ class LatentPrior(nn.Module):
         self.image_size = tuple(int(s) for s in image_size) if image_size is not None else None
         self.data_scale = float(data_scale)
         self.data_offset = float(data_offset)
+        #: RMS error of ``decode(encode(x))`` in model units on held-out images (0: unknown).
+        #: Solvers can model the decoder's error with it (see ``DWGF(decoder_error=...)``).
+        self.decoder_sigma = 0.0
         self.calls: Counter[str] = Counter()
 
     # ------------------------------------------------------------------ units

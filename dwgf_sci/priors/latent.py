@@ -482,6 +482,8 @@ class LatentDiffusionPrior(AutoencoderPrior):
     :param float stretch_scale: the stretch parameter :math:`a > 0` (physical units).
     :param dict metadata: free JSON-serialisable information saved with the prior (training
         data, command, seed, metrics, ...).
+    :param float decoder_sigma: RMS error of the autoencoder, ``decode(encode(x)) - x`` in model
+        units, on held-out images (``train-prior`` measures it; 0: unknown, not modelled).
     """
 
     def __init__(
@@ -498,8 +500,12 @@ class LatentDiffusionPrior(AutoencoderPrior):
         stretch: str | None = None,
         stretch_scale: float = 1.0,
         metadata: Mapping[str, Any] | None = None,
+        decoder_sigma: float = 0.0,
     ) -> None:
         scale, offset = unit_map(data_range, data_scale, data_offset, default_range=None)
+        decoder_sigma = float(decoder_sigma)
+        if not (math.isfinite(decoder_sigma) and decoder_sigma >= 0):
+            raise ConfigError(f"decoder_sigma must be >= 0 and finite, found {decoder_sigma}")
         if stretch in ("none", ""):
             stretch = None
         if stretch not in _STRETCHES:
@@ -553,6 +559,7 @@ class LatentDiffusionPrior(AutoencoderPrior):
         self.stretch = stretch
         self.stretch_scale = stretch_scale
         self.metadata: dict[str, Any] = dict(metadata or {})
+        self.decoder_sigma = decoder_sigma
 
     # ------------------------------------------------------------------ units
     def to_model(self, x: Tensor) -> Tensor:
@@ -619,6 +626,7 @@ class LatentDiffusionPrior(AutoencoderPrior):
             "latent_shift_factor": self.latent_shift,
             "prediction_type": self.prediction_type,
             "num_train_timesteps": self.num_train_timesteps,
+            "decoder_sigma": self.decoder_sigma,
             "metadata": self.metadata,
         }
 
@@ -691,6 +699,7 @@ class LatentDiffusionPrior(AutoencoderPrior):
             stretch=settings.get("stretch"),
             stretch_scale=float(settings.get("stretch_scale", 1.0)),
             metadata=settings.get("metadata") or {},
+            decoder_sigma=float(settings.get("decoder_sigma", 0.0)),
         )
         return prior.to(dev)
 

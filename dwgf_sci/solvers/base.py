@@ -151,6 +151,10 @@ class LatentSolver(Reconstructor):
         """Latents ``(batch * particles, c, h, w)`` to decode into the samples."""
         raise NotImplementedError
 
+    def finalize_images(self, x: Tensor, z: Tensor, problem: Problem) -> Tensor:
+        """Last touch on the decoded samples ``x`` (physical units); the identity here."""
+        return x
+
     # ------------------------------------------------------------------ shared helpers
     def alpha_bar(self, t: int, problem: Problem) -> float:
         r""":math:`\bar\alpha_t` as a Python float."""
@@ -240,6 +244,8 @@ class LatentSolver(Reconstructor):
         loop_time = time.perf_counter() - start
         z = self.final_latents(state, problem).detach()
         x = self.render_no_grad(z)
+        with torch.enable_grad():
+            x = self.finalize_images(x, z, problem)
         total = time.perf_counter() - start
         b, n = problem.batch, problem.particles
         return Posterior(

@@ -184,7 +184,7 @@ REFERENCE: dict[str, Any] = {
 #: ``scheme="flow"``.
 DEFAULT: dict[str, Any] = {
     "particles": 4,
-    "steps": 200,
+    "steps": 50,
     "grid": "linear",
     "optimizer": "psgld",
     "lr": 0.03,
@@ -210,6 +210,8 @@ DEFAULT: dict[str, Any] = {
     "laplacian_probes": 0,
     "cg_steps": 5,
     "line_search": 3,
+    "decoder_error": "auto",
+    "refine_cg_steps": 10,
 }
 
 #: SMC settings used when a preset does not name them (the reference preset is a flow).
@@ -226,6 +228,8 @@ SMC_DEFAULTS: dict[str, Any] = {
         "laplacian_probes",
         "cg_steps",
         "line_search",
+        "decoder_error",
+        "refine_cg_steps",
     )
 }
 
@@ -351,6 +355,11 @@ class DWGF(LatentSolver):
     :param int cg_steps: conjugate-gradient iterations of the ``"rto"`` likelihood step (each one
         decoder forward and one backward per particle).
     :param int line_search: most objective evaluations of the ``"rto"`` step's backtracking.
+    :param decoder_error: ``"auto"`` (the prior's measured ``decoder_sigma``; off for the flow
+        scheme and for priors without one), a number :math:`\\sigma_D` (model units) or ``0``
+        (off): model the decoder's error as :math:`\\mathcal{N}(0, \\sigma_D^2 I)` and draw the
+        final images accordingly (:meth:`finalize_images`).
+    :param int refine_cg_steps: CG iterations of that image-space step (no network call).
     :param int laplacian_probes: Hutchinson probes of the weights' Laplacian correction (0: off;
         each costs one more UNet forward per level, no backward; see
         :meth:`_laplacian_correction`).
@@ -388,6 +397,8 @@ class DWGF(LatentSolver):
         laplacian_probes: int | None = None,
         cg_steps: int | None = None,
         line_search: int | None = None,
+        decoder_error: str | float | None = None,
+        refine_cg_steps: int | None = None,
         **kwargs: Any,
     ) -> None:
         if preset not in PRESETS:
@@ -416,6 +427,8 @@ class DWGF(LatentSolver):
             "laplacian_probes": laplacian_probes,
             "cg_steps": cg_steps,
             "line_search": line_search,
+            "decoder_error": decoder_error,
+            "refine_cg_steps": refine_cg_steps,
         }
         cfg = {
             **SMC_DEFAULTS,
@@ -451,6 +464,8 @@ class DWGF(LatentSolver):
         self.laplacian_probes = int(cfg["laplacian_probes"])
         self.cg_steps = int(cfg["cg_steps"])
         self.line_search = int(cfg["line_search"])
+        self.decoder_error = cfg["decoder_error"]
+        self.refine_cg_steps = int(cfg["refine_cg_steps"])
         self._check()
 
     @classmethod
@@ -492,6 +507,17 @@ class DWGF(LatentSolver):
             raise ConfigError(
                 f"sweeps and mala_steps must be >= 1, found {self.sweeps}, {self.mala_steps}"
             )
+        if self.decoder_error != "auto":
+            try:
+                ok = float(self.decoder_error) >= 0 and math.isfinite(float(self.decoder_error))
+            except (TypeError, ValueError):
+                ok = False
+            if not ok:
+                raise ConfigError(
+                    f"decoder_error must be 'auto' or a number >= 0, found {self.decoder_error!r}"
+                )
+        if self.refine_cg_steps < 1:
+            raise ConfigError(f"refine_cg_steps must be >= 1, found {self.refine_cg_steps}")
         if self.cg_steps < 1 or self.line_search < 1:
             raise ConfigError(
                 f"cg_steps and line_search must be >= 1, found {self.cg_steps}, {self.line_search}"
@@ -534,6 +560,9 @@ class DWGF(LatentSolver):
             "laplacian_probes": self.laplacian_probes,
             "cg_steps": self.cg_steps,
             "line_search": self.line_search,
+            "decoder_error": self.decoder_error,
+            "decoder_sigma": self.decoder_sigma(),
+            "refine_cg_steps": self.refine_cg_steps,
         }
 
     # ------------------------------------------------------------------ loop hooks
@@ -817,55 +846,87 @@ class DWGF(LatentSolver):
 
     def _rto(self, state: SMCState, centre: Tensor, var: float, problem: Problem) -> float:
         """Randomise-then-optimise draw of :math:`u \\propto \\mathcal{N}(u; c, v I)\\,
-        \\mathcal{N}(y; A(D(u)), \\sigma^2 I)` (see the module documentation).
+        L(A(D(u)))` (see the module documentation and :meth:`_gauss_newton_rto`), started from
+        the current particles. Returns the fraction of particles that moved."""
+        shape = problem.latent_shape
+
+        def apply(u: Tensor, sl: slice) -> Tensor:
+            return _real_flat(problem.physics.A(self.render(u.reshape(-1, *shape))))
+
+        new, phi, moved = self._gauss_newton_rto(
+            state.z.detach(), centre, var, apply, problem, self.cg_steps, decoder=True
+        )
+        state.z, state.phi = new, phi
+        return moved
+
+    def _gauss_newton_rto(
+        self,
+        x_c: Tensor,
+        centre: Tensor,
+        var: float,
+        apply: Any,
+        problem: Problem,
+        cg_steps: int,
+        decoder: bool,
+    ) -> tuple[Tensor, Tensor, float]:
+        """One randomise-then-optimise draw of :math:`u \\propto \\mathcal{N}(u; c, v I)\\,
+        L(F(u))` per row, for a differentiable map :math:`F` (``apply(u, rows)``, flattened real
+        measurements of the rows ``u``).
 
         Perturb the centre and the data, :math:`\\tilde c = c + \\sqrt v\\,\\xi_1`,
-        :math:`\\tilde y = y + \\sigma\\xi_2`, and take one Gauss-Newton step from the current
-        particle :math:`u_0` on :math:`\\tfrac{1}{2v}\\|u - \\tilde c\\|^2
-        + \\tfrac{1}{2\\sigma^2}\\|A(D(u)) - \\tilde y\\|^2`:
-        solve :math:`(I/v + J^\\top J/\\sigma^2)\\,d = (\\tilde c - u_0)/v - J^\\top(A(D(u_0)) -
-        \\tilde y)/\\sigma^2` by ``cg_steps`` conjugate-gradient iterations, then backtrack
-        (``line_search`` trials, step x 1/4 each) until the objective decreases; a particle
-        whose step never does stays put. For an affine :math:`u \\mapsto A(D(u))` and a
-        converged CG this is an exact draw.
+        :math:`\\tilde y = y + \\Sigma^{1/2}\\xi_2`, and take one Gauss-Newton step from
+        :math:`u_0 = ` ``x_c`` on :math:`\\tfrac{1}{2v}\\|u - \\tilde c\\|^2
+        + \\tfrac12\\|F(u) - \\tilde y\\|^2_{\\Sigma^{-1}}`:
+        solve :math:`(I/v + J^\\top \\Sigma^{-1} J)\\,d = (\\tilde c - u_0)/v
+        - J^\\top\\Sigma^{-1}(F(u_0) - \\tilde y)` by ``cg_steps`` conjugate-gradient
+        iterations, then backtrack (``line_search`` trials, step x 1/4 each) until the objective
+        decreases; a row whose step never does stays put. For an affine :math:`F` and a
+        converged CG this is an exact draw. :math:`\\Sigma` is the noise covariance
+        (:meth:`_noise_variance`).
 
-        :math:`J = \\partial A(D(u))/\\partial u` at :math:`u_0` is never formed: one decoder
-        forward with graph at :math:`u_0` gives :math:`J^\\top w` by backward passes through it,
-        and :math:`J d` is a forward difference (one decoder forward). Per particle and call:
-        ``cg_steps + 1`` backward passes and ``cg_steps + 1`` to ``cg_steps + line_search + 1``
-        forwards. Returns the fraction of particles that moved."""
-        n = state.z.shape[0]
+        :math:`J = \\partial F/\\partial u` at :math:`u_0` is never formed: one forward with graph
+        at :math:`u_0` gives :math:`J^\\top w` by backward passes through it, and :math:`J d` is a
+        forward difference. Per row: ``cg_steps + 1`` backward passes and ``cg_steps + 1`` to
+        ``cg_steps + line_search + 1`` forwards.
+
+        :return: the new rows, their data term :math:`\\Phi` (unperturbed data) and the
+            fraction of rows that moved.
+        """
+        n = x_c.shape[0]
         target = centre + math.sqrt(var) * self.randn(tuple(centre.shape), problem)
-        x_c = state.z.detach()
         graphs = []
         for sl in self.chunks(n):
-            zc = x_c[sl].reshape(-1, *problem.latent_shape).requires_grad_(True)
+            zc = x_c[sl].detach().requires_grad_(True)
             with torch.enable_grad():
-                graphs.append((sl, zc, _real_flat(problem.physics.A(self.render(zc)))))
+                graphs.append((sl, zc, apply(zc, sl)))
         ax_c = torch.cat([ax.detach() for *_, ax in graphs])
         y = _real_flat(problem.y_rep)
         noise_var = self._noise_variance(ax_c, problem)
         y_pert = y + noise_var.sqrt() * self.randn(tuple(y.shape), problem)
 
+        def measure(u: Tensor) -> Tensor:
+            with torch.no_grad():
+                return torch.cat([apply(u[sl], sl) for sl in self.chunks(n)])
+
         def jt(w: Tensor) -> Tensor:  # J^T w through the stored graph
-            parts = []
-            for sl, zc, ax in graphs:
-                (g,) = torch.autograd.grad(ax, zc, w[sl], retain_graph=True)
-                parts.append(g.reshape(zc.shape[0], -1))
-            self.prior.calls["decoder_backward"] += n
+            parts = [
+                torch.autograd.grad(ax, zc, w[sl], retain_graph=True)[0] for sl, zc, ax in graphs
+            ]
+            if decoder:
+                self.prior.calls["decoder_backward"] += n
             return torch.cat(parts)
 
         def jd(d: Tensor) -> Tensor:  # J d by a forward difference of relative size 1e-3
             h = 1e-3 * x_c.norm(dim=1, keepdim=True).clamp_min(1.0)
             h = h / d.norm(dim=1, keepdim=True).clamp_min(1e-30)
-            return (self._measure(x_c + h * d, problem) - ax_c) / h
+            return (measure(x_c + h * d) - ax_c) / h
 
-        # batched conjugate gradients, one system per particle
+        # batched conjugate gradients, one system per row
         b = (target - x_c) / var - jt((ax_c - y_pert) / noise_var)
         d = torch.zeros_like(b)
         r, p = b.clone(), b.clone()
         rr = r.pow(2).sum(1, keepdim=True)
-        for _ in range(self.cg_steps):
+        for _ in range(cg_steps):
             q = p / var + jt(jd(p) / noise_var)
             alpha = rr / (p * q).sum(1, keepdim=True).clamp_min(1e-30)
             d = d + alpha * p
@@ -879,21 +940,52 @@ class DWGF(LatentSolver):
             return prior_part + 0.5 * ((ax - y_pert).pow(2) / noise_var).sum(1)
 
         best = objective(x_c, ax_c)
-        new, ax_new = x_c.clone(), ax_c.clone()
+        new, ax_new = x_c.detach().clone(), ax_c.clone()
         todo = torch.ones(n, dtype=torch.bool, device=x_c.device)
         frac = 1.0
         for _ in range(self.line_search):
             cand = x_c + frac * d
-            ax = self._measure(cand, problem)
+            ax = measure(cand)
             ok = todo & (objective(cand, ax) < best)
             new[ok], ax_new[ok] = cand[ok], ax[ok]
             todo &= ~ok
             if not bool(todo.any()):
                 break
             frac *= 0.25
-        state.z = new
-        state.phi = 0.5 * ((ax_new - y).pow(2) / noise_var).sum(1)
-        return float((~todo).to(torch.float64).mean())
+        phi = 0.5 * ((ax_new - y).pow(2) / noise_var).sum(1)
+        return new, phi, float((~todo).to(torch.float64).mean())
+
+    def finalize_images(self, x: Tensor, z: Tensor, problem: Problem) -> Tensor:
+        """Model the decoder's error (``decoder_error``): draw each sample from
+        :math:`x = \\mathrm{from\\_model}(D(z) + e)`, :math:`e \\propto \\mathcal{N}(0,
+        \\sigma_D^2 I)\\, L(A(x))`, by one randomise-then-optimise step in image space
+        (``refine_cg_steps`` CG iterations; no network call). :math:`\\sigma_D` is the
+        autoencoder's RMS error on held-out images, so the samples can hold the detail the
+        autoencoder cannot represent and their spread includes its error."""
+        sigma_d = self.decoder_sigma()
+        if sigma_d <= 0 or problem.data_term.kind == "mse":
+            return x
+        with torch.no_grad():
+            base = self.prior.to_model(x).flatten(1)
+
+        def apply(e: Tensor, sl: slice) -> Tensor:
+            shaped = (base[sl] + e).reshape(-1, *problem.image_shape)
+            return _real_flat(problem.physics.A(self.prior.from_model(shaped)))
+
+        zero = torch.zeros_like(base)
+        e, _, _ = self._gauss_newton_rto(
+            zero, zero, sigma_d**2, apply, problem, self.refine_cg_steps, decoder=False
+        )
+        with torch.no_grad():
+            return self.prior.from_model((base + e).reshape(x.shape))
+
+    def decoder_sigma(self) -> float:
+        """:math:`\\sigma_D` used by :meth:`finalize_images` (0: off)."""
+        if self.decoder_error == "auto":
+            if self.resolved_scheme() == "flow":
+                return 0.0
+            return float(getattr(self.prior, "decoder_sigma", 0.0) or 0.0)
+        return float(self.decoder_error)
 
     @staticmethod
     def _noise_variance(ax: Tensor, problem: Problem) -> Tensor:

@@ -114,6 +114,24 @@ def reconstruction_psnr(prior: LatentPrior, x: Tensor, batch_size: int = 64) -> 
     return per_image_psnr(torch.cat(out), x.float().cpu())
 
 
+def decoder_sigma(prior: LatentPrior, x: Tensor, batch_size: int = 64) -> float:
+    """RMS of ``decode(encode(x)) - x`` in model units (the prior's ``decoder_sigma``).
+
+    :param LatentPrior prior: the prior.
+    :param Tensor x: ``(N, C, H, W)`` held-out images in physical units.
+    :param int batch_size: images per network call.
+    """
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for start in range(0, x.shape[0], int(batch_size)):
+            chunk = x[start : start + int(batch_size)].to(prior.device, torch.float32)
+            model = prior.to_model(chunk)
+            err = prior.decode(prior.encode(model)) - model
+            total += float(err.double().pow(2).sum())
+            count += err.numel()
+    return math.sqrt(total / max(count, 1))
+
+
 # ---------------------------------------------------------------------- statistics
 def half_light_radius(x: Tensor | np.ndarray, supersample: int = 4) -> np.ndarray:
     """Radius (pixels) around the flux centroid enclosing half the (clipped) flux, per image.

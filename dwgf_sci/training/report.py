@@ -17,7 +17,7 @@ from ..io.atomic import atomic_output
 from ..priors.base import LatentPrior
 from .config import TrainConfig
 from .data import TrainingData, describe_source
-from .evaluate import ACCEPTANCE, ks_statistics, reconstruction_psnr
+from .evaluate import ACCEPTANCE, decoder_sigma, ks_statistics, reconstruction_psnr
 from .sampling import sample_prior
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
@@ -274,6 +274,7 @@ def finish_run(
             "val_images": int(val.shape[0]),
             "val_vae_psnr_db": float(np.mean(finite)) if finite.size else float("inf"),
             "val_vae_psnr_median_db": float(np.median(psnr)),
+            "val_decoder_sigma": decoder_sigma(prior, val),
             "val_denoiser_loss": validation_denoiser_loss(prior, val_model, seed=config.seed),
             "device": str(runner.ctx.device),
             "world_size": runner.ctx.world_size,
@@ -297,6 +298,7 @@ def finish_run(
         f"{metrics['val_denoiser_loss']:.4f}"
         + "".join(f", KS {k} {v['ks']:.3f}" for k, v in metrics.get("ks", {}).items())
     )
+    prior.decoder_sigma = metrics["val_decoder_sigma"]
     result.metrics = metrics
     result.timings["report_s"] = time.perf_counter() - t0
 
