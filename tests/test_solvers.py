@@ -369,3 +369,79 @@ def test_bad_inputs_fail_before_any_network_call():
         DWGF(prior, preset="fast-and-wrong")
     with pytest.raises(ConfigError, match="adam"):
         DWGF(prior, optimizer="adam", temperature=1.0)
+
+
+def test_gauss_newton_rto_is_an_exact_draw_for_an_affine_map():
+    # the core of the "rto" likelihood step and of the decoder-error step: for an affine map and
+    # a converged CG, perturb-then-optimise draws exactly from N(u; c, v I) N(y; F(u), s^2 I)
+    prior, physics, y, *_ = gaussian_problem(d=6, m=4, sigma=0.2, seed=5)
+    solver = DWGF(prior, particles=4000, seed=0)
+    problem = solver.prepare(y, physics)
+    a = physics.A(torch.eye(6).reshape(6, 6, 1, 1)).T  # (m, d)
+    centre, var = torch.full((problem.n, 6), 0.3), 0.5
+
+    def apply(u, sl):
+        return physics.A(u.reshape(-1, 6, 1, 1)).reshape(u.shape[0], -1)
+
+    u, phi, moved = solver._gauss_newton_rto(
+        torch.zeros(problem.n, 6), centre, var, apply, problem, 6, decoder=False
+    )
+    precision = torch.eye(6) / var + a.T @ a / 0.2**2
+    cov = torch.linalg.inv(precision)
+    mean = cov @ (centre[0] / var + a.T @ y.flatten() / 0.2**2)
+    sd = cov.diagonal().sqrt()
+    assert moved == 1.0 and phi.shape == (problem.n,)
+    assert float(((u.mean(0) - mean) / sd).abs().max()) < 0.1
+    assert float((u.var(0) / cov.diagonal() - 1).abs().max()) < 0.1
+    # without perturbations the step lands on the conditional mean
+    m, _, _ = solver._gauss_newton_rto(
+        torch.zeros(problem.n, 6), centre, var, apply, problem, 6, decoder=False, perturb=False
+    )
+    assert torch.allclose(m[0], mean, atol=1e-3)
+
+
+def test_decoder_error_refines_the_images_and_the_mean(tiny_latent_prior):
+    prior = tiny_latent_prior
+    g = torch.Generator().manual_seed(1)
+    z = torch.randn(1, *prior.latent_shape((1, 32, 32)), generator=g)
+    with torch.no_grad():
+        x = prior.from_model(prior.decode(z))
+    physics = dinv.physics.BlurFFT(
+        img_size=(1, 32, 32), filter=dinv.physics.blur.gaussian_blur(1.0)
+    )
+    physics.noise_model = dinv.physics.GaussianNoise(0.01 * float(x.abs().max()))
+    y = physics(x)
+    off = DWGF(prior, particles=3, steps=4, seed=0)(y, physics)  # the prior has no sigma_D
+    assert off.settings["decoder_sigma"] == 0.0
+    with torch.no_grad():
+        decoded = prior.from_model(prior.decode(off.latents[0]))
+    assert torch.allclose(off.samples, decoded, atol=1e-5)
+    assert torch.allclose(off.mean, off.samples.mean(0, keepdim=True), atol=1e-6)
+    on = DWGF(prior, particles=3, steps=4, seed=0, decoder_error=0.05)(y, physics)
+    assert on.settings["decoder_sigma"] == 0.05
+    assert on.calls["unet"] == off.calls["unet"]  # the image-space step calls no network
+    with torch.no_grad():
+        decoded = prior.from_model(prior.decode(on.latents[0]))
+    assert not torch.allclose(on.samples, decoded, atol=1e-4)
+    # the mean is the average of the conditional means, not of the draws
+    assert not torch.allclose(on.mean, on.samples.mean(0, keepdim=True), atol=1e-5)
+    # the prior's own measured value is used by default
+    prior.decoder_sigma = 0.05
+    try:
+        auto = DWGF(prior, particles=3, steps=4, seed=0)(y, physics)
+        assert torch.allclose(auto.samples, on.samples)
+    finally:
+        prior.decoder_sigma = 0.0
+    with pytest.raises(ConfigError, match="decoder_error"):
+        DWGF(prior, decoder_error=-1.0)
+    with pytest.raises(ConfigError, match="decoder_error"):
+        DWGF(prior, decoder_error="big")
+
+
+def test_posterior_mean_override_is_checked():
+    s = torch.randn(1, 3, 1, 4, 4)
+    post = Posterior(s, mean=torch.zeros(1, 1, 4, 4))
+    assert torch.equal(post.as_tensor(), torch.zeros(1, 1, 4, 4))
+    assert torch.allclose(post.std, s.std(1))
+    with pytest.raises(ValueError, match="mean"):
+        Posterior(s, mean=torch.zeros(1, 4, 4))

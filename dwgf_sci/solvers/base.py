@@ -151,9 +151,13 @@ class LatentSolver(Reconstructor):
         """Latents ``(batch * particles, c, h, w)`` to decode into the samples."""
         raise NotImplementedError
 
-    def finalize_images(self, x: Tensor, z: Tensor, problem: Problem) -> Tensor:
-        """Last touch on the decoded samples ``x`` (physical units); the identity here."""
-        return x
+    def finalize_images(
+        self, x: Tensor, z: Tensor, problem: Problem
+    ) -> tuple[Tensor, Tensor | None]:
+        """Last touch on the decoded samples ``x`` (physical units): the samples and, if the
+        solver has them, each sample's conditional mean (averaged into the posterior mean
+        instead of the samples). Here: ``x`` unchanged, no conditional means."""
+        return x, None
 
     # ------------------------------------------------------------------ shared helpers
     def alpha_bar(self, t: int, problem: Problem) -> float:
@@ -245,7 +249,7 @@ class LatentSolver(Reconstructor):
         z = self.final_latents(state, problem).detach()
         x = self.render_no_grad(z)
         with torch.enable_grad():
-            x = self.finalize_images(x, z, problem)
+            x, conditional_means = self.finalize_images(x, z, problem)
         total = time.perf_counter() - start
         b, n = problem.batch, problem.particles
         return Posterior(
@@ -255,6 +259,9 @@ class LatentSolver(Reconstructor):
             calls=dict(self.prior.calls),
             history=history,
             latents=z.reshape(b, n, *z.shape[1:]),
+            mean=None
+            if conditional_means is None
+            else conditional_means.reshape(b, n, *x.shape[1:]).mean(1),
         )
 
     # ------------------------------------------------------------------ checks

@@ -868,6 +868,7 @@ class DWGF(LatentSolver):
         problem: Problem,
         cg_steps: int,
         decoder: bool,
+        perturb: bool = True,
     ) -> tuple[Tensor, Tensor, float]:
         """One randomise-then-optimise draw of :math:`u \\propto \\mathcal{N}(u; c, v I)\\,
         L(F(u))` per row, for a differentiable map :math:`F` (``apply(u, rows)``, flattened real
@@ -889,11 +890,16 @@ class DWGF(LatentSolver):
         forward difference. Per row: ``cg_steps + 1`` backward passes and ``cg_steps + 1`` to
         ``cg_steps + line_search + 1`` forwards.
 
+        ``perturb=False`` skips the perturbations: the step then moves towards the conditional
+        mode (for an affine :math:`F`, the conditional mean).
+
         :return: the new rows, their data term :math:`\\Phi` (unperturbed data) and the
             fraction of rows that moved.
         """
         n = x_c.shape[0]
-        target = centre + math.sqrt(var) * self.randn(tuple(centre.shape), problem)
+        target = centre
+        if perturb:
+            target = centre + math.sqrt(var) * self.randn(tuple(centre.shape), problem)
         graphs = []
         for sl in self.chunks(n):
             zc = x_c[sl].detach().requires_grad_(True)
@@ -902,7 +908,9 @@ class DWGF(LatentSolver):
         ax_c = torch.cat([ax.detach() for *_, ax in graphs])
         y = _real_flat(problem.y_rep)
         noise_var = self._noise_variance(ax_c, problem)
-        y_pert = y + noise_var.sqrt() * self.randn(tuple(y.shape), problem)
+        y_pert = y
+        if perturb:
+            y_pert = y + noise_var.sqrt() * self.randn(tuple(y.shape), problem)
 
         def measure(u: Tensor) -> Tensor:
             with torch.no_grad():
@@ -955,16 +963,23 @@ class DWGF(LatentSolver):
         phi = 0.5 * ((ax_new - y).pow(2) / noise_var).sum(1)
         return new, phi, float((~todo).to(torch.float64).mean())
 
-    def finalize_images(self, x: Tensor, z: Tensor, problem: Problem) -> Tensor:
+    def finalize_images(
+        self, x: Tensor, z: Tensor, problem: Problem
+    ) -> tuple[Tensor, Tensor | None]:
         """Model the decoder's error (``decoder_error``): draw each sample from
         :math:`x = \\mathrm{from\\_model}(D(z) + e)`, :math:`e \\propto \\mathcal{N}(0,
         \\sigma_D^2 I)\\, L(A(x))`, by one randomise-then-optimise step in image space
         (``refine_cg_steps`` CG iterations; no network call). :math:`\\sigma_D` is the
         autoencoder's RMS error on held-out images, so the samples can hold the detail the
-        autoencoder cannot represent and their spread includes its error."""
+        autoencoder cannot represent and their spread includes its error.
+
+        The same step without perturbations gives each particle's conditional mean
+        :math:`\\mathbb{E}[x \\mid z, y]`; their average is the posterior mean returned (a
+        Rao-Blackwellised estimate: the per-particle image noise of the draws does not enter
+        it)."""
         sigma_d = self.decoder_sigma()
         if sigma_d <= 0 or problem.data_term.kind == "mse":
-            return x
+            return x, None
         with torch.no_grad():
             base = self.prior.to_model(x).flatten(1)
 
@@ -973,11 +988,14 @@ class DWGF(LatentSolver):
             return _real_flat(problem.physics.A(self.prior.from_model(shaped)))
 
         zero = torch.zeros_like(base)
-        e, _, _ = self._gauss_newton_rto(
-            zero, zero, sigma_d**2, apply, problem, self.refine_cg_steps, decoder=False
-        )
-        with torch.no_grad():
-            return self.prior.from_model((base + e).reshape(x.shape))
+        images = []
+        for perturb in (True, False):
+            e, _, _ = self._gauss_newton_rto(
+                zero, zero, sigma_d**2, apply, problem, self.refine_cg_steps, False, perturb
+            )
+            with torch.no_grad():
+                images.append(self.prior.from_model((base + e).reshape(x.shape)))
+        return images[0], images[1]
 
     def decoder_sigma(self) -> float:
         """:math:`\\sigma_D` used by :meth:`finalize_images` (0: off)."""

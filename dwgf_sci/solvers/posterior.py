@@ -50,6 +50,9 @@ class Posterior(Tensor):
         counted per particle.
     :param list history: one dict per step (losses, data misfit), if recorded.
     :param Tensor latents: final latents ``(B, N, c, h, w)``, if any.
+    :param Tensor mean: the posterior mean ``(B, C, H, W)`` when the solver has a better
+        estimate than the samples' average (e.g. a Rao-Blackwellised one); default: the
+        samples' average.
     """
 
     @staticmethod
@@ -61,11 +64,19 @@ class Posterior(Tensor):
         calls: dict[str, int] | None = None,
         history: list[dict[str, float]] | None = None,
         latents: Tensor | None = None,
+        mean: Tensor | None = None,
     ) -> Posterior:
         if samples.ndim != 5:
             raise ValueError(f"samples must be (B, N, C, H, W), found {tuple(samples.shape)}")
         samples = samples.detach()
-        obj = Tensor._make_subclass(cls, samples.mean(dim=1), False)
+        if mean is None:
+            mean = samples.mean(dim=1)
+        elif tuple(mean.shape) != (samples.shape[0], *samples.shape[2:]):
+            raise ValueError(
+                f"mean must be (B, C, H, W) = {(samples.shape[0], *samples.shape[2:])}, "
+                f"found {tuple(mean.shape)}"
+            )
+        obj = Tensor._make_subclass(cls, mean.detach(), False)
         obj._samples = samples
         obj.settings = dict(settings or {})
         obj.timing = dict(timing or {})
