@@ -173,15 +173,17 @@ REFERENCE: dict[str, Any] = {
     "scheme": "flow",
 }
 
-#: The toolkit's default: the annealed split-Gibbs SMC sampler (see the module documentation)
-#: with a noise-level weighted likelihood. Measured on validation problems
-#: (``benchmarks/tune_dwgf_default.py``, ``benchmarks/results/tune_dwgf_default.md``): on the
-#: Gaussian closed form, mean within Monte Carlo error and variance ratio 0.99-1.03; on the
-#: mixture benchmark, median SW/floor about 2.2 / 1.3 / 1.0 at d = 8 (d_y = 1 / 2 / 4) and about
-#: 4 at d = 80, d_y = 1 (the issue's targets, 1.5 and 1.2, are not met). Neither 500 steps, a
-#: second sweep, ``split`` 0.25 or 1, nor the Laplacian weight correction did better there, so
-#: the cheapest setting stays. The flow options (optimiser, lr, prior weight) only matter with
-#: ``scheme="flow"``.
+#: The toolkit's default. ``scheme="auto"``: for a learned decoder the diffused-posterior Gibbs
+#: sampler with the RTO likelihood step (5 CG iterations) and the decoder-error step, 50 levels;
+#: for an affine decoder the annealed split-Gibbs SMC with the exact likelihood step. On 4
+#: validation galaxies (``galaxy-deconv``) 50 levels gave 43.95 dB against 43.64 dB for 20 levels
+#: with 3 CG iterations and 44.28 dB for 100 levels (before the decoder-error step), at 67 / 15 /
+#: 112 s per image; the Gibbs-RTO combination fits the data at the noise level (reduced chi2
+#: ~1, against 15-400 for the SMC with MALA it replaces on these priors). The SMC path was tuned
+#: with 200 levels (``benchmarks/tune_dwgf_default.py``): on the Gaussian closed form, mean
+#: within Monte Carlo error and variance ratio 0.99-1.03; on the mixture benchmark see
+#: ``benchmarks/results/mixture_benchmark.md`` (run with 200 levels). The flow options
+#: (optimiser, lr, prior weight) only matter with ``scheme="flow"``.
 DEFAULT: dict[str, Any] = {
     "particles": 4,
     "steps": 50,
@@ -233,11 +235,11 @@ SMC_DEFAULTS: dict[str, Any] = {
     )
 }
 
-#: The default preset with the cheapest likelihood move for non-affine decoders: one MALA step per
-#: level, started from the current particle (``mala_start="previous"``: no extra decoder pass).
-#: Per level one UNet forward and one decoder forward + backward, 2.4x less than the default
-#: preset; on two validation galaxies (``galaxy-deconv``, 200 steps) its PSNR was 35.1 dB against
-#: 34.0 dB. The exact-likelihood path (affine decoders) is the same as the default's.
+#: The default preset, cheaper: 20 levels and 3 CG iterations per RTO step (for non-Gaussian data
+#: terms one MALA step per level, started from the current particle). About 4x cheaper than the
+#: default preset; on 4 validation galaxies 44.20 dB against 44.5 dB (``fast`` with the
+#: decoder-error step). The exact-likelihood path (affine decoders) is the default's with 20
+#: levels.
 FAST: dict[str, Any] = {
     **DEFAULT,
     "steps": 20,
