@@ -106,6 +106,9 @@ def test_tiny_run_saves_a_loadable_prior(trained):
     prior = LatentDiffusionPrior.from_pretrained(out, device="cpu")
     assert isinstance(load_prior(str(out), device="cpu"), LatentDiffusionPrior)
     assert prior.image_size == (16, 16) and prior.latent_channels == 2
+    # the autoencoder's held-out error is measured and saved with the prior
+    assert prior.decoder_sigma > 0
+    assert prior.decoder_sigma == pytest.approx(result.metrics["val_decoder_sigma"])
     # the unit map fitted on the data is the prior's; the latent scaling is fitted
     units = result.unit_map
     assert prior.data_scale == pytest.approx(units.data_scale)
