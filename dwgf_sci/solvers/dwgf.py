@@ -336,8 +336,9 @@ class DWGF(LatentSolver):
         of the noise level handled by the prior half-step (``"smc"``).
     :param float resample_ess: resample a measurement's particles when their effective sample
         size falls below this fraction of them; ``0`` switches the reweighting off (an annealed
-        split-Gibbs sampler without weights).
-    :param int sweeps: split-Gibbs sweeps per level (one UNet forward each).
+        split-Gibbs sampler without weights). ``"smc"`` only: the ``"gibbs"`` scheme needs no
+        weights.
+    :param int sweeps: Gibbs sweeps per level (one UNet forward each).
     :param str likelihood_step: ``"exact"`` (Gaussian data term, linear physics and an affine
         decoder: exact Gaussian draw), ``"rto"`` (randomise-then-optimise, Gaussian or Poisson
         data term, any differentiable physics and decoder), ``"mala"`` (any data term, physics
@@ -1137,7 +1138,6 @@ class DWGF(LatentSolver):
             eps = self.predict_noise(z_t, t).reshape(problem.n, -1).to(state.z.dtype)
             centre = u - rho * eps
             accept = self._likelihood_move(state, centre, var, problem)
-        state.rho2_prev = rho2
         info = {"rho": rho, **self._misfit(state, problem)}
         if state.gauss is None:
             info["accept"] = accept
