@@ -53,7 +53,7 @@ GRIDS: dict[str, tuple[str, tuple[float, ...]]] = {
     "resample": ("zeta", (0.1, 0.5, 2.0)),
     "reddiff": ("lr", (0.03, 0.1, 0.3)),
     "tv": ("lam", (1e-3, 1e-2, 1e-1)),
-    "richardson-lucy": ("iterations", (10, 30, 100)),
+    "richardson-lucy": ("iterations", (30, 100, 300, 1000)),  # 300 won in tune_classical.py
     "wiener": ("reg_factor", (0.3, 1.0, 3.0)),
 }
 

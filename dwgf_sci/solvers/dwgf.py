@@ -812,7 +812,7 @@ class DWGF(LatentSolver):
         if mode == "exact":
             state.gauss = self._gaussian_factors(problem, dim)
             state.z = self._exact_draw(state, centre, 1.0 / var0, problem)
-        else:
+        elif mode == "mala":  # the RTO step needs no data term or gradient carried over
             state.phi, state.grad = self._data_and_grad(z, problem)
             state.eta = torch.full((problem.batch,), 0.1, dtype=torch.float64, device=z.device)
             state.curv = torch.full((problem.batch,), -1.0, dtype=torch.float64, device=z.device)
@@ -836,16 +836,6 @@ class DWGF(LatentSolver):
         state.log_w = torch.where(mask, torch.zeros_like(state.log_w), state.log_w)
         state.resamples += int(which.sum())
         return flat
-
-    def _measure(self, u: Tensor, problem: Problem) -> Tensor:
-        """:math:`A(D(u))` of flattened latents, no gradient, flattened to real values."""
-        shaped = u.reshape(u.shape[0], *problem.latent_shape)
-        with torch.no_grad():
-            parts = [
-                _real_flat(problem.physics.A(self.render(shaped[sl])))
-                for sl in self.chunks(u.shape[0])
-            ]
-        return torch.cat(parts)
 
     def _rto(self, state: SMCState, centre: Tensor, var: float, problem: Problem) -> float:
         """Randomise-then-optimise draw of :math:`u \\propto \\mathcal{N}(u; c, v I)\\,
