@@ -107,3 +107,35 @@ def test_cli_quick_run_and_bad_options(tmp_path, capsys):
     assert "unknown method" in capsys.readouterr().err
     assert main(["benchmark", "--out", str(out), "--prior", "galaxy-64"]) == 2
     assert "NAME=FOLDER" in capsys.readouterr().err
+
+
+def test_log_search_finds_the_peak_and_walks_past_the_first_guess():
+    import math
+
+    from dwgf_sci.benchmark.tuning import log_search
+
+    seen: list[float] = []
+
+    def score(v: float) -> float:
+        seen.append(v)
+        return -((math.log10(v) + 3.3) ** 2)  # peak at 5e-4, three decades below the guess
+
+    found = log_search(score, 0.1)
+    assert abs(math.log10(found.best) + 3.3) < 0.3
+    assert len(seen) == len(set(seen)) == len(found.scores)  # no value scored twice
+    diverging = log_search(lambda v: float("nan") if v > 0.05 else -v, 0.1)
+    assert diverging.best < 0.05  # non-finite scores are never chosen
+    counts = log_search(lambda v: -abs(v - 300), 100, factor=3, integer=True, minimum=1)
+    assert counts.best == 300 and isinstance(counts.best, int)
+
+
+def test_tune_method_refuses_the_test_split_and_picks_from_validation():
+    from dwgf_sci.benchmark.tuning import tune_method
+
+    task = get_task("galaxy-deconv")
+    with pytest.raises(ValueError, match="test split"):
+        tune_method("richardson-lucy", "iterations", 10, list(task.items("test", 1)), None)
+    val = list(task.items("validation", 1))
+    found = tune_method("richardson-lucy", "iterations", 3, val, None, integer=True, factor=3.0)
+    scores = dict(found.scores)
+    assert scores[found.best] == max(scores.values()) and found.best > 3  # 3 iterations under-fit
