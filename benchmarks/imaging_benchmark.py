@@ -5,7 +5,8 @@
    logarithmic search, refined to a factor sqrt(10)) by the mean PSNR of its posterior mean on
    ``--n-val`` validation problems. Parameters: latent DPS, PSLD and ReSample ``zeta`` (the
    guidance step), RED-diff ``lr`` (its Adam step), TV ``lam``, Richardson-Lucy
-   ``iterations``. DWGF runs with its shipped default preset, untuned here; the Wiener filter
+   ``iterations``; the classical methods, cheap to run, on ``--n-val-classical`` problems.
+   DWGF runs with its shipped default preset, untuned here; the Wiener filter
    uses its noise-based regularisation, the pseudo-inverse and FBP have no parameter.
 2. **Test** (test split, data seed 2002): every method with its chosen parameters on ``--n``
    problems per task, through :func:`dwgf_sci.benchmark.imaging.run_benchmark` (resumable:
@@ -81,6 +82,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=50, help="steps of every latent method")
     ap.add_argument("--particles", type=int, default=4)
     ap.add_argument("--n-val", type=int, default=1, help="validation problems per task")
+    ap.add_argument("--n-val-classical", type=int, default=6, help="the same, classical methods")
     ap.add_argument("--n", type=int, default=3, help="test problems per task")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default=str(RESULTS))
@@ -105,7 +107,7 @@ def main() -> None:
     tuning = json.loads(tuning_path.read_text()) if tuning_path.exists() else {}
     for name in args.tasks:
         task = TASKS[name]
-        val_items = list(task.items("validation", args.n_val))
+        n_val = {True: args.n_val, False: args.n_val_classical}
         chosen = tuning.setdefault(name, {})
         for method in sorted(args.methods, key=lambda m: m in START_FROM):  # DPS before PSLD
             if method not in SEARCH or method in chosen or not applies(method, task):
@@ -114,6 +116,7 @@ def main() -> None:
             first = chosen.get(START_FROM.get(method, ""), {}).get("chosen", first)
             log(f"tune {name} {method} {param} from {first}")
             latent = METHODS[method].latent
+            val_items = list(task.items("validation", n_val[latent]))
             found = tune_method(
                 method, param, first, val_items, prior_of(task.prior) if latent else None,
                 fixed_params(method, common), integer=integer, factor=factor, log=log,
@@ -139,8 +142,8 @@ def main() -> None:
         "",
         f"Every latent method: {args.steps} steps, {args.particles} particles (RED-diff: 1 run "
         "per image, as in its paper), the shipped priors; parameters tuned on "
-        f"{args.n_val} validation problem(s) per task (`tuning.json`). Means over the test "
-        "problems of each task.",
+        f"{args.n_val} validation problem(s) per task ({args.n_val_classical} for the classical "
+        "methods; `tuning.json`). Means over the test problems of each task.",
         "",
     ]
     (out / "results.md").write_text("\n".join(header) + summary_markdown(records, args.tasks))

@@ -34,7 +34,16 @@ from ..errors import OperatorMismatchError, ShapeError
 def linear_alphas_cumprod(
     num_train_timesteps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02
 ) -> Tensor:
-    r"""Cumulative products :math:`\bar\alpha_t` of the DDPM linear beta schedule (float64)."""
+    r"""Cumulative products :math:`\bar\alpha_t` of the DDPM linear beta schedule (float64).
+
+    With :math:`\beta_t` evenly spaced from ``beta_start`` to ``beta_end`` (both included),
+    :math:`\bar\alpha_t = \prod_{s \le t} (1 - \beta_s)`, :math:`t = 0, \dots, T-1`.
+
+    :param num_train_timesteps: number of training timesteps :math:`T`.
+    :param beta_start: :math:`\beta_0`.
+    :param beta_end: :math:`\beta_{T-1}`.
+    :return: :math:`\bar\alpha_t`, shape ``(T,)``, float64, decreasing.
+    """
     betas = torch.linspace(beta_start, beta_end, num_train_timesteps, dtype=torch.float64)
     return torch.cumprod(1.0 - betas, dim=0)
 
@@ -127,7 +136,8 @@ class LatentPrior(nn.Module):
         if self.image_size is not None and (h, w) != self.image_size:
             raise OperatorMismatchError(
                 f"the prior models {self.image_size[0]}x{self.image_size[1]} images, "
-                f"the operator expects {h}x{w}"
+                f"the operator expects {h}x{w}: cut the image to that size (astropy's "
+                "Cutout2D keeps the WCS) or train a prior at your size (dwgf-sci train-prior)"
             )
         f = self.downsample
         if h % f or w % f:
