@@ -3,7 +3,9 @@
 Richardson-Lucy's iteration count (its only regularisation) on ``galaxy-deconv`` and the TV
 weight on ``ct-20``, each by mean PSNR over 6 validation problems (data seed 1001; the test split
 is never used). Writes ``benchmarks/results/tune_classical.md`` and
-``benchmarks/params/classical.json`` (pass it to ``dwgf-sci benchmark --params``)::
+``benchmarks/params/classical.json`` (pass it to ``dwgf-sci benchmark --params``). The search
+is :func:`dwgf_sci.benchmark.tuning.tune_method` on a fixed grid, the same tuning code as
+``imaging_benchmark.py`` (which walks a log grid instead)::
 
     python benchmarks/tune_classical.py
 """
@@ -15,8 +17,8 @@ from pathlib import Path
 
 import torch
 
-from dwgf_sci.benchmark.imaging import run_one
 from dwgf_sci.benchmark.tasks import get_task
+from dwgf_sci.benchmark.tuning import tune_method
 
 HERE = Path(__file__).parent
 GRIDS = {
@@ -40,12 +42,9 @@ def main() -> None:
     best: dict[str, dict[str, float]] = {}
     for (task, method, key), grid in GRIDS.items():
         items = list(get_task(task).items("validation", N_VALIDATION))
-        scores = {}
-        for value in grid:
-            recs = [run_one(item, method, None, {key: value}) for item in items]
-            scores[value] = sum(r["psnr"] for r in recs) / len(recs)
-            print(f"{task} {method} {key}={value}: {scores[value]:.2f} dB", flush=True)
-        top = max(scores, key=scores.get)
+        print(f"{task} {method} {key}:", flush=True)
+        found = tune_method(method, key, grid, items, None, log=lambda m: print(m, flush=True))
+        top, scores = found.best, found.scores
         best[method] = {key: top}
         for value, score in scores.items():
             mark = " (chosen)" if value == top else ""

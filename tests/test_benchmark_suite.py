@@ -112,7 +112,7 @@ def test_cli_quick_run_and_bad_options(tmp_path, capsys):
 def test_log_search_finds_the_peak_and_walks_past_the_first_guess():
     import math
 
-    from dwgf_sci.benchmark.tuning import log_search
+    from dwgf_sci.benchmark.tuning import grid_search, log_search
 
     seen: list[float] = []
 
@@ -127,6 +127,8 @@ def test_log_search_finds_the_peak_and_walks_past_the_first_guess():
     assert diverging.best < 0.05  # non-finite scores are never chosen
     counts = log_search(lambda v: -abs(v - 300), 100, factor=3, integer=True, minimum=1)
     assert counts.best == 300 and isinstance(counts.best, int)
+    grid = grid_search(lambda v: float("nan") if v == 3 else -abs(v - 2.5), [1, 2, 3])
+    assert grid.best == 2 and grid.scores[3] == -math.inf
 
 
 def test_tune_method_refuses_the_test_split_and_picks_from_validation():

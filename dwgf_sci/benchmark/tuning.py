@@ -11,7 +11,8 @@ smaller than for images in [0, 1]), so :func:`log_search` walks on a logarithmic
 3. score the best value times and divided by ``sqrt(factor)``.
 
 A failed or non-finite score counts as :math:`-\infty`, so a diverging setting is never chosen.
-:func:`tune_method` applies it to one method on one task's validation problems.
+:func:`grid_search` scores a given list of values instead. :func:`tune_method` applies either
+to one method on one task's validation problems.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from ..priors.base import LatentPrior
 from .imaging import run_one
 from .tasks import TaskItem
 
-__all__ = ["SearchResult", "log_search", "tune_method"]
+__all__ = ["SearchResult", "grid_search", "log_search", "tune_method"]
 
 
 @dataclass
@@ -40,8 +41,38 @@ class SearchResult:
         return {"chosen": self.best, "scores": sorted(self.scores.items())}
 
 
-def _finite(score: float) -> float:
-    return score if math.isfinite(score) else -math.inf
+def _safe_score(
+    score: Callable[[float], float], value: float, log: Callable[[str], None] | None
+) -> float:
+    """``score(value)``, with failures and non-finite results as -inf (and logged)."""
+    try:
+        s = float(score(value))
+    except (RuntimeError, ValueError, FloatingPointError) as err:
+        s = -math.inf
+        if log:
+            log(f"  value {value}: failed ({err})")
+    s = s if math.isfinite(s) else -math.inf
+    if log:
+        log(f"  value {value}: {s:.3f}")
+    return s
+
+
+def grid_search(
+    score: Callable[[float], float],
+    values: Sequence[float],
+    *,
+    log: Callable[[str], None] | None = None,
+) -> SearchResult:
+    """Maximise ``score`` over the given ``values`` (in that order; ties keep the first).
+
+    :param score: higher is better; exceptions and NaN count as -inf.
+    :param values: the grid (at least one value).
+    :return: the best value and all scores.
+    """
+    if not values:
+        raise ValueError("the grid is empty")
+    scores = {v: _safe_score(score, v, log) for v in values}
+    return SearchResult(max(scores, key=scores.__getitem__), scores)
 
 
 def log_search(
@@ -75,15 +106,7 @@ def log_search(
     def visit(v: float | None) -> None:
         if v is None or v in scores:
             return
-        try:
-            s = _finite(float(score(int(v) if integer else v)))
-        except (RuntimeError, ValueError, FloatingPointError) as err:
-            s = -math.inf
-            if log:
-                log(f"  value {v}: failed ({err})")
-        scores[v] = s
-        if log:
-            log(f"  value {v}: {s:.3f}")
+        scores[v] = _safe_score(score, int(v) if integer else v, log)
 
     for v in (start, start * factor, start / factor):
         visit(norm(v))
@@ -108,7 +131,7 @@ def log_search(
 def tune_method(
     method: str,
     param: str,
-    start: float,
+    start: float | Sequence[float],
     items: Sequence[TaskItem],
     prior: LatentPrior | None,
     fixed: dict[str, Any] | None = None,
@@ -119,8 +142,16 @@ def tune_method(
 ) -> SearchResult:
     """Choose ``param`` of ``method`` by mean PSNR over validation ``items``.
 
-    :param fixed: the method's other settings (steps, particles, seed), unchanged by the search.
+    :param str method: a method name of :data:`~dwgf_sci.benchmark.imaging.METHODS`.
+    :param str param: the keyword of the method to tune (e.g. ``"zeta"``, ``"iterations"``).
+    :param start: the first guess of :func:`log_search`, or a list of values for
+        :func:`grid_search`.
+    :param items: validation problems (the test split is refused).
     :param prior: the latent prior (``None`` for classical methods).
+    :param fixed: the method's other settings (steps, particles, seed), unchanged by the search.
+    :param bool integer: integer parameter (log search only).
+    :param float factor: coarse grid spacing of the log search.
+    :param log: progress callback, one line per scored value.
     """
     for item in items:
         if item.split == "test":
@@ -130,6 +161,7 @@ def tune_method(
         params = {**(fixed or {}), param: value}
         return sum(run_one(it, method, prior, params)["psnr"] for it in items) / len(items)
 
-    return log_search(
-        score, start, factor=factor, integer=integer, minimum=1 if integer else None, log=log
-    )
+    if isinstance(start, (int, float)):
+        minimum = 1 if integer else None
+        return log_search(score, start, factor=factor, integer=integer, minimum=minimum, log=log)
+    return grid_search(score, list(start), log=log)
