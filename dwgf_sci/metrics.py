@@ -115,7 +115,14 @@ def sliced_wasserstein(
 
 # ---------------------------------------------------------------------------- image quality
 def data_range(reference: Tensor) -> float:
-    """Dynamic range of the reference image, :math:`\\max - \\min` (1.0 if it is constant)."""
+    """Dynamic range of the reference, :math:`\\max - \\min` (1.0 if it is constant).
+
+    The extrema are taken over the whole tensor: for a batch, all images share one range.
+
+    :param reference: reference image(s), any shape (typically ``(B, C, H, W)``), in the images'
+        own units.
+    :return: the range, a positive Python float in the same units.
+    """
     span = float(reference.max() - reference.min())
     return span if span > 0 else 1.0
 
@@ -123,8 +130,14 @@ def data_range(reference: Tensor) -> float:
 def psnr(x: Tensor, reference: Tensor, max_pixel: float | None = None) -> Tensor:
     r"""PSNR in dB per image, on the reference's data range (deepinv's :class:`PSNR`).
 
-    :math:`10\log_{10}(R^2/\mathrm{MSE})`, :math:`R` = ``max_pixel`` or :func:`data_range` of
-    ``reference``; shapes ``(B, C, H, W)``.
+    :math:`10\log_{10}(R^2/\mathrm{MSE})`, with the MSE over the pixels of each image and
+    :math:`R` = ``max_pixel`` or :func:`data_range` of ``reference``. Computed in float32.
+
+    :param x: estimate, ``(B, C, H, W)``.
+    :param reference: ground truth, ``(B, C, H, W)``, same units as ``x``.
+    :param max_pixel: range :math:`R`, in the images' units; default: :func:`data_range` of the
+        whole ``reference`` (one range for the batch).
+    :return: PSNR per image, ``(B,)``, in dB.
     """
     from deepinv.loss.metric import PSNR
 
@@ -133,7 +146,18 @@ def psnr(x: Tensor, reference: Tensor, max_pixel: float | None = None) -> Tensor
 
 
 def ssim(x: Tensor, reference: Tensor, max_pixel: float | None = None) -> Tensor:
-    """SSIM per image on the reference's data range (deepinv's :class:`SSIM`, shifted to 0)."""
+    """SSIM per image on the reference's data range (deepinv's :class:`SSIM`, shifted to 0).
+
+    Both images are shifted by the reference's minimum so that the reference starts at 0, then
+    scored with deepinv's (torchmetrics') Gaussian-window SSIM with data range ``max_pixel``.
+    Computed in float32.
+
+    :param x: estimate, ``(B, C, H, W)``.
+    :param reference: ground truth, ``(B, C, H, W)``, same units as ``x``.
+    :param max_pixel: data range, in the images' units; default: :func:`data_range` of the whole
+        ``reference`` (one range for the batch).
+    :return: SSIM per image, ``(B,)`` (1 for identical images).
+    """
     from deepinv.loss.metric import SSIM
 
     lo = float(reference.min())

@@ -104,7 +104,15 @@ METHODS: dict[str, Method] = {
 
 
 def make_method(name: str, prior: LatentPrior | None, **params: Any) -> Reconstructor:
-    """Build method ``name`` with ``params`` (a :class:`ConfigError` lists the names)."""
+    """Build the benchmark method ``name`` from :data:`METHODS`.
+
+    :param name: method name, a key of :data:`METHODS` (e.g. ``"dwgf"``, ``"wiener"``).
+    :param prior: the latent prior of a latent method; classical methods ignore it (pass None).
+    :param params: keyword settings forwarded to the method's constructor.
+    :return: the deepinv ``Reconstructor``; calling it on ``(y, physics)`` gives a
+        :class:`~dwgf_sci.solvers.Posterior`.
+    :raises ConfigError: for an unknown name (the message lists the known ones).
+    """
     if name not in METHODS:
         raise ConfigError(f"unknown method {name!r}; choose from {', '.join(METHODS)}")
     return METHODS[name].build(prior, **params)
@@ -167,7 +175,23 @@ def reduced_chi2(x: Tensor, item: TaskItem) -> float:
 def run_one(
     item: TaskItem, method: str, prior: LatentPrior | None, params: dict[str, Any] | None = None
 ) -> dict[str, Any]:
-    """Reconstruct one problem with one method; the record of :func:`run_benchmark`."""
+    """Reconstruct one problem with one method and score the posterior mean.
+
+    For latent methods other than ``dwgf-reference`` on a Poisson task, ``data_term="poisson"`` is
+    added to ``params`` unless set. The prior's network-call counters are reset before the run;
+    wall time and peak memory cover the reconstruction only.
+
+    :param item: the problem (truth, measurement and physics), from :meth:`Task.items`.
+    :param method: method name, a key of :data:`METHODS`.
+    :param prior: the latent prior, or None for a classical method.
+    :param params: keyword settings of the method (copied, not modified).
+    :return: the record stored by :func:`run_benchmark`: ``task``, ``split``, ``index``,
+        ``method``, ``params``, ``psnr`` (dB) and ``ssim`` of the mean on the truth's data range,
+        ``chi2`` (reduced chi-square of the data fit), ``coverage90`` (None with fewer than two
+        samples), ``wall_s`` (seconds), ``peak_mib`` (MiB), ``calls``, ``n_samples``, plus the
+        private ``_mean`` (the detached posterior mean, ``(1, C, H, W)``) that the caller pops.
+    :raises ConfigError: for an unknown method.
+    """
     params = dict(params or {})
     poisson = _gaussian_or_poisson(item.spec) == "poisson"
     if METHODS[method].latent and method != "dwgf-reference" and poisson:
@@ -332,7 +356,16 @@ def aggregate(records: Sequence[dict[str, Any]]) -> dict[tuple[str, str], dict[s
 
 
 def summary_markdown(records: Sequence[dict[str, Any]], tasks: Sequence[str]) -> str:
-    """One table per task: methods by mean PSNR, with every metric (means over problems)."""
+    """Markdown summary: one table per task, methods sorted by decreasing mean PSNR.
+
+    Each row gives the number of problems and the means over them of PSNR (dB), SSIM, reduced
+    chi-square, 90% coverage, UNet calls (forward plus backward), VAE calls (encoder plus
+    decoder), wall time (s) and peak memory (MiB); a missing value prints as ``-``.
+
+    :param records: records of :func:`run_benchmark` (or :func:`run_one`).
+    :param tasks: task names, in the order of the tables; tasks without records are skipped.
+    :return: the Markdown text.
+    """
     agg = aggregate(records)
     lines = []
     for task in tasks:
@@ -361,7 +394,19 @@ def summary_markdown(records: Sequence[dict[str, Any]], tasks: Sequence[str]) ->
 
 
 def plot_results(records: Sequence[dict[str, Any]], images_path: str | Path, out: str | Path):
-    """``quality_vs_time.png`` (PSNR against wall time per task) and ``examples_<task>.png``."""
+    """Write the benchmark figures.
+
+    ``quality_vs_time.png`` has one panel per task with each method's mean PSNR (dB) against its
+    mean wall time per image (s, log scale). ``examples_<task>.png`` shows, for the first problem
+    of each task saved in ``images_path``, the truth and every method's posterior mean (first
+    channel).
+
+    :param records: records of :func:`run_benchmark`.
+    :param images_path: ``images.pt`` written by :func:`run_benchmark`; if it does not exist only
+        the first figure is made.
+    :param out: existing folder the PNG files are written to.
+    :return: the paths of the files written (a list of :class:`~pathlib.Path`).
+    """
     import matplotlib
 
     matplotlib.use("Agg")

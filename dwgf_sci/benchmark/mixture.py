@@ -132,7 +132,16 @@ def _generator(generator: torch.Generator | int | None) -> torch.Generator | Non
 
 
 def mixture_means(d: int, dtype: torch.dtype = torch.float64) -> Tensor:
-    r"""The 25 means :math:`(8i, 8j)` repeated ``d/2`` times, shape ``(25, d)``."""
+    r"""The 25 prior means :math:`(8i, 8j)`, :math:`i, j \in \{-2, \dots, 2\}`, tiled ``d/2`` times.
+
+    Row :math:`5(i+2) + (j+2)` holds the grid point :math:`(8i, 8j)` repeated, so every mean is
+    :math:`(8i, 8j, 8i, 8j, \dots)`.
+
+    :param d: signal dimension, even (an odd ``d`` is not checked here and gives ``d - 1``
+        columns).
+    :param dtype: dtype of the result.
+    :return: the means, shape ``(25, d)``.
+    """
     pts = torch.tensor([[_SPACING * i, _SPACING * j] for i in _GRID for j in _GRID], dtype=dtype)
     return pts.repeat(1, d // 2)
 
@@ -203,12 +212,30 @@ def make_mixture_problem(
 def exact_samples(
     problem: MixtureProblem, n: int, generator: torch.Generator | int | None = None
 ) -> Tensor:
-    """``n`` exact posterior samples, ``(n, d, 1, 1)`` (the prior's image layout)."""
+    """Draw exact samples from the problem's posterior mixture.
+
+    :param problem: the problem whose :attr:`~MixtureProblem.posterior` is sampled.
+    :param n: number of samples.
+    :param generator: a ``torch.Generator``, an int (seeds a fresh CPU generator) or None (the
+        global RNG).
+    :return: ``n`` samples, ``(n, d, 1, 1)`` (the prior's image layout), in the posterior's dtype.
+    """
     return problem.posterior.sample(n, _generator(generator)).reshape(int(n), problem.d, 1, 1)
 
 
 def mode_weights(samples: Tensor, problem: MixtureProblem) -> Tensor:
-    """Fraction of samples nearest (Euclidean) to each prior mean, ``(25,)`` float64."""
+    """Histogram of the samples over the prior modes.
+
+    Each sample is assigned to its nearest prior mean (Euclidean distance, computed in float64)
+    and the counts are divided by the number of samples.
+
+    :param samples: ``(n, d)`` or ``(n, d, 1, 1)`` samples (any shape ``(n, ...)`` with ``d``
+        entries per sample).
+    :param problem: the problem that supplies the prior means.
+    :return: the fraction of samples per mode, ``(25,)`` float64, on the samples' device.
+    :raises InvalidDataError: if ``samples`` is not a tensor.
+    :raises ShapeError: if a sample does not hold ``d`` entries.
+    """
     x = _flat_samples(samples, problem.d)
     means = problem.prior.means.to(device=x.device, dtype=torch.float64)
     nearest = torch.cdist(x, means).argmin(dim=1)
@@ -244,6 +271,14 @@ def noise_floor(
     dominated by the multinomial fluctuation of the number of samples per mode, and single values
     spread over a factor of about 4 (this does not shrink with ``n``). Average sampler scores over
     several runs as well before taking their ratio to this floor.
+
+    :param problem: the problem whose exact posterior is sampled.
+    :param n: number of samples in each of the two sets (use the sampler's sample count).
+    :param n_directions: number of random projection directions of each SW estimate.
+    :param generator: a ``torch.Generator``, an int (seeds a fresh CPU generator) or None (the
+        global RNG); it drives both the samples and the projection directions.
+    :param repeats: number of independent pairs averaged (at least 1).
+    :return: the mean SW distance, in the signal's units.
     """
     g = _generator(generator)
     vals = []

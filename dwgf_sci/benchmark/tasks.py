@@ -134,7 +134,12 @@ TASKS: dict[str, Task] = {
 
 
 def get_task(name: str) -> Task:
-    """The task called ``name`` (a :class:`ConfigError` lists the names otherwise)."""
+    """Look up a benchmark task by name.
+
+    :param name: task name, a key of :data:`TASKS` (e.g. ``"galaxy-deconv"``, ``"ct-20"``).
+    :return: the :class:`Task`.
+    :raises ConfigError: for an unknown name (the message lists the known ones).
+    """
     try:
         return TASKS[name]
     except KeyError:

@@ -213,7 +213,11 @@ def check_fits_structure(p: Path) -> None:
     junk after the last HDU) is left to astropy, whose errors the readers turn into
     :class:`~dwgf_sci.errors.FileFormatError`.
 
-    :raises FileFormatError: naming the HDU and the value.
+    :param p: path of the FITS file (gzip, bzip2, xz and single-member zip files are read through
+        their decompression). The declared data size of each HDU is compared with
+        ``8 * max_read_values()`` bytes (``DWGF_MAX_READ_VALUES`` values as float64).
+    :return: None; a file that passes the checks (or that astropy must judge) returns silently.
+    :raises FileFormatError: naming the HDU and the value, or for more than 100 000 HDUs.
     """
     limit = 8 * max_read_values()  # bytes: the largest array a reader loads, as float64
     try:

@@ -88,6 +88,9 @@ def normalize_provenance(record: Mapping[str, Any]) -> dict[str, Any]:
     ``read_provenance(path) == normalize_provenance(record)`` holds for every file written with
     ``provenance=record``. Records from :func:`make_provenance` are already normalised.
 
+    :param record: the provenance mapping (str keys; values as accepted by :func:`to_jsonable`).
+    :return: a new dict of plain JSON types (tuples as lists, arrays and tensors as nested lists,
+        paths and dtypes as strings); ``record`` is not modified.
     :raises InvalidDataError: if ``record`` is not a mapping or holds values JSON cannot represent.
     """
     if not isinstance(record, Mapping):

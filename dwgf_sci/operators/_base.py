@@ -307,6 +307,10 @@ class ComposedOperator(OperatorMixin, ComposedLinearPhysics):
 
     @property
     def measurement_shape(self) -> tuple[int, ...]:
+        """Shape of one measurement (without the batch dimension): that of the last operator.
+
+        :raises ConfigError: if the last operator does not report a ``measurement_shape``.
+        """
         last = self.physics_list[-1]
         if not hasattr(last, "measurement_shape"):
             raise ConfigError(f"{type(last).__name__} does not report its measurement shape")

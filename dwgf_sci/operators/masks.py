@@ -181,6 +181,7 @@ class BadPixelMask(OperatorMixin, Inpainting):
 
     @property
     def measurement_shape(self) -> tuple[int, int, int]:
+        """Shape of one measurement, ``(C, H, W)``: the image with its bad pixels set to zero."""
         return tuple(self.img_size)
 
     def _spec_params(self) -> dict[str, Any]:

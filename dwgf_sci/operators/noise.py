@@ -80,7 +80,12 @@ class SkyBackgroundNoise(NoiseModel):
         self.subtract = bool(subtract)
 
     @property
-    def rng(self) -> torch.Generator | None:  # the inner model owns the generator
+    def rng(self) -> torch.Generator | None:
+        """Random generator of the inner photon-noise model, which owns it (None: global RNG).
+
+        Setting it sets the inner model's generator; before the inner model exists (during
+        ``NoiseModel.__init__``) the getter gives None and the setter does nothing.
+        """
         inner = self.__dict__.get("_modules", {}).get("photon_noise")
         return None if inner is None else inner.rng
 
@@ -161,6 +166,12 @@ def _scalar(t: torch.Tensor | float, what: str) -> float:
 def noise_spec(model: NoiseModel | None) -> dict[str, Any]:
     """Describe a noise model as a JSON-serialisable dict (inverse of :func:`make_noise`).
 
+    :param model: a model built by :func:`make_noise` (or an equivalent deepinv
+        ``GaussianNoise``, ``PoissonNoise(normalize=True)``, ``PoissonGaussianNoise``, or a
+        sky-subtracted :class:`SkyBackgroundNoise` around a Poisson model); None or ``ZeroNoise``
+        for no noise.
+    :return: the spec, e.g. ``{"type": "gaussian", "sigma": 0.01, "seed": 0}``, with parameters in
+        measurement units; ``seed`` is the one :func:`make_noise` recorded, else None.
     :raises ConfigError: for noise models that have no spec (custom models, batched parameters).
     """
     if model is None or isinstance(model, ZeroNoise):

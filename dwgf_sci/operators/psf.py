@@ -238,6 +238,15 @@ def kolmogorov_psf(
 def make_psf(profile: str, dtype: torch.dtype = torch.float32, **params: Any) -> torch.Tensor:
     """Build a PSF from a profile name and its parameters (see :data:`PSF_PROFILES`).
 
+    Dispatches to :func:`gaussian_psf`, :func:`moffat_psf`, :func:`airy_psf` or
+    :func:`kolmogorov_psf`; parameters given as None are dropped, so the builder's defaults apply.
+
+    :param profile: ``"gaussian"``, ``"moffat"``, ``"airy"`` or ``"kolmogorov"``.
+    :param dtype: floating dtype of the result.
+    :param params: the profile's parameters, in pixels unless stated by the builder: ``fwhm``
+        (``lam_over_d`` for ``airy``, required), then ``beta``, ``obscuration``, ``pixel_scale``
+        and the odd stamp ``size`` as the profile takes them.
+    :return: the PSF stamp, ``(size, size)``, normalised to unit sum.
     :raises ConfigError: for an unknown profile, a missing parameter or an unknown one.
     """
     builders = {
@@ -455,6 +464,8 @@ class PSFConvolution(OperatorMixin, LinearPhysics):
     # -- geometry -----------------------------------------------------------------------------
     @property
     def measurement_shape(self) -> tuple[int, int, int]:
+        """Shape of one measurement, ``(C, H, W)`` for ``same`` and ``circular`` padding and
+        ``(C, H - h + 1, W - w + 1)`` for ``valid`` (PSF of size ``h x w``)."""
         return (self.img_size[0], *self._out_hw)
 
     def _spec_params(self) -> dict[str, Any]:

@@ -104,6 +104,7 @@ class RandomSensing(OperatorMixin, LinearPhysics):
 
     @property
     def measurement_shape(self) -> tuple[int, int]:
+        """Shape of one measurement, ``(C, m)``: ``m`` projections per channel."""
         return (self.img_size[0], self.m)
 
     def _spec_params(self) -> dict[str, Any]:
@@ -282,6 +283,7 @@ class FourierSampling(OperatorMixin, LinearPhysics):
 
     @property
     def measurement_shape(self) -> tuple[int, int, int]:
+        """Shape of one measurement, ``(C, m, 2)``: (real, imaginary) parts of ``m`` frequencies."""
         return (self.img_size[0], self.m, 2)
 
     def _spec_params(self) -> dict[str, Any]:
@@ -421,6 +423,7 @@ class HadamardSensing(OperatorMixin, LinearPhysics):
 
     @property
     def measurement_shape(self) -> tuple[int, int]:
+        """Shape of one measurement, ``(C, m)``: ``m`` Hadamard coefficients per channel."""
         return (self.img_size[0], self.m)
 
     def _spec_params(self) -> dict[str, Any]:

@@ -352,6 +352,14 @@ def canonical_noise_spec(
 def canonical_spec(spec: Mapping[str, Any], path: str = "") -> dict[str, Any]:
     """Validate an operator spec and fill in its defaults (the form :func:`build_operator` reads).
 
+    Components of a ``composed`` spec are canonicalised recursively (their noise must be
+    ``none``; it belongs to the composition), and a CT spec without ``angular_range`` gets 180
+    degrees (parallel beam) or 360 (fan beam).
+
+    :param spec: the operator spec, a mapping with ``type`` (see the module docstring).
+    :param path: dotted prefix of the spec's keys in error messages (for nested specs).
+    :return: a new dict with ``type``, ``img_size`` (a list ``[C, H, W]`` or None), the type's
+        keys with their defaults, and a canonical ``noise`` spec.
     :raises ConfigError: for an unknown type, unknown or unused keys, missing required keys or bad
         values; the message names the key (dotted path).
     """
@@ -800,6 +808,9 @@ def physics_spec(physics: LinearPhysics) -> dict[str, Any]:
 
     Works for every dwgf-sci operator and for deepinv compositions of them.
 
+    :param physics: the operator; its ``spec()`` is used when it has one, else a deepinv
+        ``ComposedLinearPhysics`` is described as a ``composed`` spec of its components.
+    :return: the spec, with ``type``, ``img_size``, the operator's parameters and ``noise``.
     :raises ConfigError: for physics that cannot be described.
     """
     if hasattr(physics, "spec") and callable(physics.spec):

@@ -50,6 +50,11 @@ def view_angles(n_views: int, angular_range: float, start_angle: float = 0.0) ->
 
     The end point :math:`\theta_0 + \alpha` is excluded (it duplicates :math:`\theta_0` for
     :math:`\alpha = 180^\circ` in parallel beam).
+
+    :param n_views: number of views :math:`V`.
+    :param angular_range: angular range :math:`\alpha`, in degrees.
+    :param start_angle: first angle :math:`\theta_0`, in degrees.
+    :return: the ``(V,)`` float64 angles, in degrees.
     """
     return start_angle + torch.arange(n_views, dtype=torch.float64) * (angular_range / n_views)
 
@@ -221,6 +226,7 @@ class SparseViewCT(OperatorMixin, Tomography):
     # -- geometry -----------------------------------------------------------------------------
     @property
     def measurement_shape(self) -> tuple[int, int, int]:
+        """Shape of one sinogram, ``(C, n_det, V)``: detector cells, then views."""
         return (self.img_size[0], self._n_det, self.n_views)
 
     def _spec_params(self) -> dict[str, Any]:

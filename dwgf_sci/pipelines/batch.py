@@ -98,7 +98,16 @@ class BatchItem:
 
 
 def item_seed(base_seed: int, key: str) -> int:
-    """The seed of the item ``key`` in a job with base seed ``base_seed`` (0 <= seed < 2**63)."""
+    """The seed of the item ``key`` in a job with base seed ``base_seed`` (0 <= seed < 2**63).
+
+    The seed is the first 63 bits of the SHA-256 of ``"dwgf-sci item seed v1"``, the base seed
+    and the key (NUL-separated), so it depends on nothing else (input order, other inputs, number
+    of processes).
+
+    :param base_seed: the job's ``--seed``.
+    :param key: the item's key (see the module docstring).
+    :return: the item's seed, a non-negative int below :math:`2^{63}`.
+    """
     text = f"{_SEED_DOMAIN}\0{int(base_seed)}\0{key}"
     digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).digest()
     return int.from_bytes(digest[:8], "big") >> 1
@@ -269,7 +278,15 @@ def sha256_file(path: Path) -> str:
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
-    """True for torch's out-of-memory errors (any device) and Python's MemoryError."""
+    """True for torch's out-of-memory errors (any device) and Python's MemoryError.
+
+    Besides ``torch.OutOfMemoryError`` (or ``torch.cuda.OutOfMemoryError`` on older torch) and
+    :class:`MemoryError`, any :class:`RuntimeError` whose message contains "out of memory"
+    (case-insensitive) counts, which covers allocation failures of other backends.
+
+    :param exc: the exception caught.
+    :return: whether it reports an exhausted memory.
+    """
     oom = getattr(torch, "OutOfMemoryError", None) or getattr(torch.cuda, "OutOfMemoryError", None)
     if oom is not None and isinstance(exc, oom):
         return True

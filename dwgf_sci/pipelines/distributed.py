@@ -79,6 +79,8 @@ class Comm:
 def check_device(device: str) -> torch.device:
     """The torch device named by ``--device``, if this machine has it.
 
+    :param device: ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"mps"``.
+    :return: the :class:`torch.device` (a plain ``"cuda"`` keeps no index).
     :raises ConfigError: an unknown device name, or one this machine lacks.
     """
     try:

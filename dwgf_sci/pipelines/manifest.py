@@ -208,7 +208,12 @@ def confined_output(name: str, out_dir: Path) -> Path:
 
 
 def part_path(out_dir: Path, rank: int) -> Path:
-    """The status part written by process ``rank`` of a distributed job."""
+    """The status part written by process ``rank`` of a distributed job.
+
+    :param out_dir: the job's output folder.
+    :param rank: the process's rank.
+    :return: ``out_dir/dwgf-manifest.part-<rank>.json``.
+    """
     return out_dir / f"{PART_PREFIX}{int(rank)}.json"
 
 
@@ -225,7 +230,12 @@ def _read_document(path: Path) -> dict[str, dict[str, Any]]:
 
 
 def read_run(path: Path) -> dict[str, Any] | None:
-    """The ``run`` record of a status file (see :func:`write_status`), or None (no file, none)."""
+    """The ``run`` record of a status file (see :func:`write_status`), or None (no file, none).
+
+    :param path: the status manifest or part.
+    :return: the ``run`` dict, or None when the file does not exist or has no such record.
+    :raises FileFormatError: a file that exists but is not a status manifest.
+    """
     if not path.is_file():
         return None
     run = read_document(path)[1].get("run")
@@ -235,6 +245,9 @@ def read_run(path: Path) -> dict[str, Any] | None:
 def read_document(path: Path) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
     """``(items, document)`` of one status file.
 
+    :param path: the status manifest or part.
+    :return: ``(items, document)``: the items by key (entries that are not JSON objects are
+        dropped) and the whole parsed document.
     :raises FileFormatError: a file that is not a status manifest (with what to do about it).
     """
     try:
@@ -263,6 +276,11 @@ def read_document(path: Path) -> tuple[dict[str, dict[str, Any]], dict[str, Any]
 def load_status(out_dir: Path) -> dict[str, dict[str, Any]]:
     """Items recorded in ``out_dir``: the main manifest, updated by any leftover parts.
 
+    A part's entry replaces the main manifest's (or an earlier part's) entry for the same key
+    when its ``finished`` time is not older.
+
+    :param out_dir: the job's output folder (a missing folder or manifest gives no items).
+    :return: the items by key.
     :raises FileFormatError: a status file that is not a manifest (with what to do about it).
     """
     items: dict[str, dict[str, Any]] = {}
@@ -324,6 +342,10 @@ def remove_stale_temporaries(out_dir: Path, names: set[str]) -> int:
     to ``out_dir``) and next to the status files; return how many were deleted.
 
     Only call this while holding :func:`job_lock`: a running job's temporaries look the same.
+
+    :param out_dir: the job's output folder.
+    :param names: the outputs' names relative to ``out_dir`` (``/`` separators).
+    :return: the number of temporary files deleted.
     """
     wanted: dict[Path, set[str]] = {}
     for name in names:
@@ -351,6 +373,10 @@ def job_lock(out_dir: Path) -> Iterator[None]:
     """Hold an exclusive lock on ``out_dir`` for one job (released when the process ends, even
     when it is killed). Where ``fcntl`` is missing (Windows) no lock is taken.
 
+    The lock is a ``flock`` on ``out_dir/.dwgf-manifest.lock``, created if needed (the file is
+    left in place).
+
+    :param out_dir: the job's output folder; it must exist.
     :raises ConfigError: if another job holds the lock.
     """
     try:

@@ -201,6 +201,19 @@ def reconstruct_files(
     Outputs are named and seeded as by ``dwgf-sci reconstruct`` (see
     :func:`~dwgf_sci.pipelines.batch.plan_batch`), so a file gives the same result here, alone or
     in any batch; this function keeps no status manifest and stops at the first error.
+
+    :param inputs: files, folders (their FITS/HDF5 files) and glob patterns.
+    :param solver: the latent solver; its ``seed`` is the base seed the items' seeds derive from
+        (:func:`~dwgf_sci.pipelines.batch.item_seed`).
+    :param out_dir: the output folder.
+    :param kwargs: further arguments of :func:`reconstruct_file` (``spec``, ``file_type``,
+        ``overwrite``, ``with_samples``, ``prior_name``, ``record``); ``target`` and ``seed`` are
+        set per item and must not be passed.
+    :return: one :class:`ReconstructionResult` per input file, in input order.
+    :raises FileFormatError: an input that matches nothing.
+    :raises ConfigError: no input, or two inputs with the same output or key
+        (:func:`~dwgf_sci.pipelines.batch.plan_batch`). The errors of :func:`reconstruct_file`
+        (unreadable files, existing outputs without ``overwrite=True``) propagate.
     """
     from .batch import plan_batch
 

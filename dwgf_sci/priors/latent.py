@@ -704,6 +704,7 @@ class LatentDiffusionPrior(AutoencoderPrior):
         return prior.to(dev)
 
     def extra_repr(self) -> str:
+        """Image and latent sizes, data scaling, stretch and prediction type, for ``repr``."""
         size = "x".join(str(s) for s in self.image_size or ())
         return (
             f"image={self.image_channels}x{size}, latent={self.latent_channels}x/"

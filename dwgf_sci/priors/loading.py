@@ -62,6 +62,8 @@ def available_priors() -> dict[str, str]:
 def prior_folder(name: str) -> Path:
     """The weights folder of the shipped prior ``name``.
 
+    :param name: a name listed by :func:`available_priors` (e.g. ``"galaxy-64"``).
+    :return: ``WEIGHTS_DIR / name``, which holds the prior's ``dwgf_prior.json``.
     :raises ConfigError: if ``name`` is not a shipped prior.
     :raises FileFormatError: if its weights are not installed (naming the folder).
     """

@@ -109,6 +109,13 @@ def save_pipeline_folder(
     Each component goes to its subfolder through its own ``save_pretrained`` (safetensors
     weights), and ``model_index.json`` names their classes (no safety checker, no feature
     extractor), exactly as ``StableDiffusionPipeline.save_pretrained`` would.
+
+    :param folder: the pipeline folder (created if needed; existing files are overwritten).
+    :param vae: the ``AutoencoderKL``, saved to ``vae/``.
+    :param unet: the ``UNet2DConditionModel``, saved to ``unet/``.
+    :param scheduler: the diffusers scheduler, saved to ``scheduler/``.
+    :param text_encoder: the ``CLIPTextModel``, saved to ``text_encoder/``.
+    :param tokenizer: the ``CLIPTokenizer``, saved to ``tokenizer/``.
     """
     import diffusers
 
@@ -445,6 +452,7 @@ class StableDiffusionPrior(AutoencoderPrior):
         return prior.to(dev)
 
     def extra_repr(self) -> str:
+        """Channels, downsampling, prompt, guidance, prediction type, data scaling (``repr``)."""
         return (
             f"image_channels={self.image_channels}, latent={self.latent_channels}x/"
             f"{self.downsample}, prompt={self.prompt!r}, guidance_scale={self.guidance_scale:g}, "

@@ -65,7 +65,13 @@ class PseudoInverse(ClassicalSolver):
 
     name: ClassVar[str] = "pinv"
 
-    def estimate(self, y: Tensor, physics: Physics) -> Tensor:  # noqa: D102
+    def estimate(self, y: Tensor, physics: Physics) -> Tensor:
+        r""":math:`\hat x = A^\dagger y` by ``physics.A_dagger(y)`` with its default settings.
+
+        :param y: measurements ``(B, ...)`` in the physics' measurement layout.
+        :param physics: the forward operator.
+        :return: the estimate ``(B, C, H, W)``, in image units.
+        """
         return physics.A_dagger(y)
 
 
@@ -94,7 +100,8 @@ class Wiener(ClassicalSolver):
         self.reg = reg
         self.noise_sigma = noise_sigma
 
-    def settings(self) -> dict[str, Any]:  # noqa: D102
+    def settings(self) -> dict[str, Any]:
+        """``solver``, ``reg`` and ``noise_sigma`` as given (None: estimated per measurement)."""
         return {"solver": self.name, "reg": self.reg, "noise_sigma": self.noise_sigma}
 
     def regularisation(self, y: Tensor, physics: Physics) -> float:
@@ -112,7 +119,21 @@ class Wiener(ClassicalSolver):
         power = max(float(y.pow(2).mean()) - sigma**2, sigma**2)
         return sigma**2 / power
 
-    def estimate(self, y: Tensor, physics: Physics) -> Tensor:  # noqa: D102
+    def estimate(self, y: Tensor, physics: Physics) -> Tensor:
+        r"""The Wiener estimate :math:`\hat x = (A^\top A + \lambda I)^{-1} A^\top y`.
+
+        :math:`\lambda` comes from :meth:`regularisation`. The physics' ``A_dagger(y, reg=...)``
+        solves the system: in closed form where the operator has one (for a circular PSF with
+        transfer function :math:`P`, the Wiener filter :math:`\hat X = \bar P\,\hat Y /
+        (|P|^2 + \lambda)` in Fourier), by damped CGLS otherwise. A physics whose ``A_dagger``
+        takes no ``reg`` falls back on deepinv's ``prox_l2`` at 0 with step
+        :math:`1/\lambda`, which solves the same system.
+
+        :param y: measurements ``(B, ...)`` in the physics' measurement layout.
+        :param physics: the forward operator (with its noise model when ``reg`` is None).
+        :return: the estimate ``(B, C, H, W)``, in image units.
+        :raises ConfigError: if ``reg`` is None and no noise level is known.
+        """
         reg = self.regularisation(y, physics)
         try:
             return physics.A_dagger(y, reg=reg)
@@ -137,10 +158,29 @@ class RichardsonLucy(ClassicalSolver):
         self.iterations = int(iterations)
         self.floor = float(floor)
 
-    def settings(self) -> dict[str, Any]:  # noqa: D102
-        return {"solver": self.name, "iterations": self.iterations}
+    def settings(self) -> dict[str, Any]:
+        """``solver``, ``iterations`` and ``floor``."""
+        return {"solver": self.name, "iterations": self.iterations, "floor": self.floor}
 
-    def estimate(self, y: Tensor, physics: Physics) -> Tensor:  # noqa: D102
+    def estimate(self, y: Tensor, physics: Physics) -> Tensor:
+        r"""Run the Richardson-Lucy iterations from a flat start.
+
+        With :math:`y_+ = \max(y, 0)`, :math:`\epsilon` = ``floor`` and the start
+        :math:`x^{(0)} = \mathrm{mean}(y_+) + \epsilon` (a constant image),
+
+        .. math::
+
+            x^{(k+1)} = x^{(k)} \odot \frac{A^\top\big(y_+ / \max(A x^{(k)}, \epsilon)\big)}
+            {\max(A^\top 1, \epsilon)},
+
+        the EM algorithm for Poisson data :math:`y \sim \mathcal{P}(Ax)`; non-negative
+        iterates stay non-negative.
+
+        :param y: measurements ``(B, ...)``, non-negative counts or physical units (negative
+            values are clipped to 0).
+        :param physics: a non-negative linear operator (e.g. a PSF convolution).
+        :return: the estimate ``(B, C, H, W)``, in image units.
+        """
         data = y.clamp_min(0)
         norm = physics.A_adjoint(torch.ones_like(y)).clamp_min(self.floor)
         x = torch.full_like(norm, float(data.mean()) + self.floor)
@@ -168,10 +208,31 @@ class TVReconstruction(ClassicalSolver):
         self.iterations = int(iterations)
         self.stepsize = stepsize
 
-    def settings(self) -> dict[str, Any]:  # noqa: D102
-        return {"solver": self.name, "lam": self.lam, "iterations": self.iterations}
+    def settings(self) -> dict[str, Any]:
+        """``solver``, ``lam``, ``iterations`` and ``stepsize`` (None: from the operator norm)."""
+        return {
+            "solver": self.name,
+            "lam": self.lam,
+            "iterations": self.iterations,
+            "stepsize": self.stepsize,
+        }
 
-    def estimate(self, y: Tensor, physics: Physics) -> Tensor:  # noqa: D102
+    def estimate(self, y: Tensor, physics: Physics) -> Tensor:
+        r"""Minimise the TV objective by proximal gradient descent.
+
+        .. math::
+
+            \hat x = \arg\min_x \tfrac12 \|Ax - y\|^2 + \lambda \|D x\|_{1,2},
+
+        with :math:`D` the finite differences, i.e. the isotropic total variation of deepinv's
+        ``TVPrior`` (its prox computed with at most 20 inner iterations). PGD runs
+        ``iterations`` steps without early stopping from :math:`A^\dagger y`, with step
+        ``stepsize`` or :math:`1/\|A\|^2` (power iteration on a random image).
+
+        :param y: measurements ``(B, ...)`` in the physics' measurement layout.
+        :param physics: the forward operator.
+        :return: the estimate ``(B, C, H, W)``, in image units.
+        """
         step = self.stepsize
         if step is None:
             x0 = physics.A_adjoint(y)

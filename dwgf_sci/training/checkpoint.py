@@ -86,6 +86,10 @@ class Checkpoint:
 def optimizer_state_to_flat(state: Mapping[str, Any]) -> tuple[dict[str, Tensor], dict[str, Any]]:
     """Split an optimizer ``state_dict`` into tensors (for safetensors) and JSON metadata.
 
+    Tensors are detached, moved to the CPU and made contiguous; tuples in the param groups (e.g.
+    Adam's ``betas``) become lists.
+
+    :param state: an optimizer ``state_dict`` (``"state"`` and ``"param_groups"``).
     :return: ``(tensors, meta)``; tensors are keyed ``"state.<param id>.<name>"``, ``meta``
         holds the param groups and the non-tensor per-parameter values.
     """
@@ -105,7 +109,15 @@ def optimizer_state_to_flat(state: Mapping[str, Any]) -> tuple[dict[str, Tensor]
 
 
 def optimizer_state_from_flat(tensors: Mapping[str, Tensor], meta: Mapping[str, Any]) -> dict:
-    """Inverse of :func:`optimizer_state_to_flat`."""
+    """Inverse of :func:`optimizer_state_to_flat`.
+
+    List values of the param groups, except ``params``, become tuples again.
+
+    :param tensors: the tensors keyed ``"state.<param id>.<name>"``.
+    :param meta: the metadata (``param_groups`` and ``scalars``).
+    :return: an optimizer ``state_dict`` for ``optimizer.load_state_dict``, with int parameter
+        ids.
+    """
     state: dict[int, dict[str, Any]] = {}
     for key, value in tensors.items():
         _, pid, name = key.split(".", 2)
@@ -146,7 +158,12 @@ def checkpoint_name(stage: str, step: int) -> str:
 def list_checkpoints(folder: str | os.PathLike[str], stage: str) -> list[tuple[int, Path]]:
     """The checkpoints of ``stage`` in ``folder`` as ``(step, path)``, by increasing step.
 
-    Temporary folders of unfinished saves are ignored.
+    Temporary folders of unfinished saves are ignored. The checkpoints are not verified (see
+    :func:`load_checkpoint`).
+
+    :param folder: the checkpoints folder (a missing folder gives an empty list).
+    :param stage: the stage name (``"vae"``, ``"unet"``, ...).
+    :return: ``(step, folder)`` pairs of the ``<stage>-<step:08d>`` folders.
     """
     root = Path(folder)
     if not root.is_dir():
@@ -231,6 +248,9 @@ def save_checkpoint(
 def load_checkpoint(path: str | os.PathLike[str], device: torch.device | str = "cpu") -> Checkpoint:
     """Read and verify a checkpoint folder.
 
+    :param path: the checkpoint folder (``<stage>-<step:08d>``).
+    :param device: device the weights and optimizer tensors are loaded onto.
+    :return: the :class:`Checkpoint`.
     :raises CheckpointError: missing files, invalid ``state.json``, a file whose SHA-256 does
         not match (corrupt or truncated), or unreadable safetensors.
     """

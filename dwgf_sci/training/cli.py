@@ -76,7 +76,16 @@ def _float_pair(text: str) -> tuple[float, float]:
 
 
 def add_train_prior_arguments(p: argparse.ArgumentParser) -> None:
-    """Add the options of ``train-prior`` to a parser."""
+    """Add the options of ``train-prior`` to a parser.
+
+    The options come in groups (data, output and checkpoints, units, architecture,
+    optimisation, run); only ``--out`` is required, and the others default to None (flags to
+    False) so that :func:`config_from_args` can tell given options from :class:`TrainConfig`
+    defaults (shown in the help). The parser's description, epilog and formatter are replaced
+    too.
+
+    :param p: the parser (or ``train-prior`` subparser), modified in place.
+    """
     p.description = _DESCRIPTION
     p.epilog = _EPILOG
     p.formatter_class = argparse.RawDescriptionHelpFormatter
@@ -301,7 +310,13 @@ _SKIP = {"command", "debug", "quiet", "no_attention", "lr", "func"}
 
 
 def command_line(args: argparse.Namespace) -> str:
-    """The ``dwgf-sci train-prior`` command equivalent to ``args`` (given options only)."""
+    """The ``dwgf-sci train-prior`` command equivalent to ``args`` (given options only).
+
+    Options left at None or False are omitted; flags appear bare and tuples comma-separated.
+
+    :param args: parsed ``train-prior`` arguments.
+    :return: the shell-quoted command line (recorded in the prior's provenance).
+    """
     parts = ["dwgf-sci", "train-prior"]
     for key, value in vars(args).items():
         if key in ("command", "debug", "quiet") or value is None or value is False:
@@ -319,6 +334,12 @@ def command_line(args: argparse.Namespace) -> str:
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """A :class:`TrainConfig` from parsed ``train-prior`` arguments.
 
+    Options left at None keep the :class:`TrainConfig` defaults; ``--lr`` sets both stages'
+    learning rates unless they are given, ``--no-attention`` sets ``attention=False``,
+    ``--stretch none`` means no stretch and ``--quiet`` turns progress bars off.
+
+    :param args: parsed ``train-prior`` arguments (see :func:`add_train_prior_arguments`).
+    :return: the configuration, with ``command`` set to :func:`command_line` of ``args``.
     :raises ConfigError: for invalid combinations (checked by :class:`TrainConfig`).
     """
     names = {f.name for f in fields(TrainConfig)}
@@ -350,7 +371,11 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def run_train_prior(args: argparse.Namespace) -> int:
-    """Run ``train-prior`` for parsed arguments; print a summary; return the exit status."""
+    """Run ``train-prior`` for parsed arguments; print a summary; return the exit status.
+
+    :param args: parsed ``train-prior`` arguments.
+    :return: 0 (errors are raised); only rank 0 prints the summary.
+    """
     from .trainer import train_prior
 
     config = config_from_args(args)

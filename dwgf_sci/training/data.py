@@ -62,7 +62,11 @@ class TrainingData:
 
 
 def default_val_count(n: int) -> int:
-    """Default size of the validation split: 10 % of ``n``, at most 200, at least 1."""
+    """Default size of the validation split: 10 % of ``n``, at most 200, at least 1.
+
+    :param n: number of images in the data set.
+    :return: ``max(1, min(200, n // 10))``.
+    """
     return max(1, min(200, n // 10))
 
 

@@ -168,7 +168,14 @@ def half_light_radius(x: Tensor | np.ndarray, supersample: int = 4) -> np.ndarra
 
 
 def galaxy_statistics(x: Tensor | np.ndarray) -> dict[str, np.ndarray]:
-    """Total flux (sum of pixels) and half-light radius (pixels) of each galaxy image."""
+    """Total flux (sum of pixels) and half-light radius (pixels) of each galaxy image.
+
+    :param x: ``(N, H, W)`` or ``(N, 1, H, W)`` images in physical units (e.g. counts).
+    :return: ``{"total_flux", "half_light_radius"}``, each an ``(N,)`` float64 array; the flux is
+        in the images' units, the radius (:func:`half_light_radius`) in pixels, NaN for an image
+        without positive flux.
+    :raises ShapeError: for images of another shape (several channels).
+    """
     arr = _as_numpy(x)
     return {"total_flux": arr.sum(axis=(1, 2)), "half_light_radius": half_light_radius(arr)}
 
@@ -176,7 +183,14 @@ def galaxy_statistics(x: Tensor | np.ndarray) -> dict[str, np.ndarray]:
 def phantom_statistics(
     x: Tensor | np.ndarray, threshold: float = SUPPORT_THRESHOLD
 ) -> dict[str, np.ndarray]:
-    """Support area (pixels above ``threshold``, holes filled) and mean attenuation over it."""
+    """Support area (pixels above ``threshold``, holes filled) and mean attenuation over it.
+
+    :param x: ``(N, H, W)`` or ``(N, 1, H, W)`` attenuation images (1/cm).
+    :param threshold: attenuation above which a pixel belongs to the object (1/cm).
+    :return: ``{"mean_attenuation", "support_area"}``, each an ``(N,)`` float64 array: the mean
+        attenuation over the support (1/cm; NaN for an empty support) and its area in pixels.
+    :raises ShapeError: for images of another shape (several channels).
+    """
     from scipy.ndimage import binary_fill_holes
 
     arr = _as_numpy(x)
@@ -189,7 +203,15 @@ def phantom_statistics(
 
 def image_statistics(x: Tensor | np.ndarray, kind: str) -> dict[str, np.ndarray]:
     """The statistics compared for ``kind``: ``"galaxies"``, ``"phantoms"`` or ``"generic"``
-    (mean and standard deviation of the pixels of each image)."""
+    (mean and standard deviation of the pixels of each image).
+
+    :param x: ``(N, H, W)`` or ``(N, 1, H, W)`` images in physical units.
+    :param kind: ``"galaxies"`` (:func:`galaxy_statistics`), ``"phantoms"``
+        (:func:`phantom_statistics`, default threshold) or ``"generic"`` (``pixel_mean``,
+        ``pixel_std``).
+    :return: the statistics by name, each an ``(N,)`` float64 array.
+    :raises ConfigError: for an unknown ``kind``.
+    """
     if kind == "galaxies":
         return galaxy_statistics(x)
     if kind == "phantoms":
@@ -203,8 +225,16 @@ def image_statistics(x: Tensor | np.ndarray, kind: str) -> dict[str, np.ndarray]
 def ks_statistics(samples: Tensor, reference: Tensor, kind: str) -> dict[str, dict[str, float]]:
     """Two-sample KS statistic and p-value per statistic of ``kind`` (see the module docstring).
 
+    Non-finite values (undefined statistics) are dropped from both sets before the test
+    (``scipy.stats.ks_2samp``, two-sided).
+
+    :param samples: prior samples, ``(N, H, W)`` or ``(N, 1, H, W)``, in physical units.
+    :param reference: held-out images, same layout and units (the count may differ).
+    :param kind: ``"galaxies"``, ``"phantoms"`` or ``"generic"`` (see :func:`image_statistics`).
     :return: ``{name: {"ks", "p_value", "n_samples", "n_reference", "dropped",
-        "sample_median", "reference_median"}}``.
+        "sample_median", "reference_median"}}``; when either set has no finite value the entry is
+        only ``{"ks": 1.0, "p_value": 0.0, "n_samples"}``.
+    :raises ConfigError: for an unknown ``kind``.
     """
     from scipy.stats import ks_2samp
 
@@ -350,7 +380,16 @@ def metrics_markdown(result: Mapping[str, Any], title: str = "Prior metrics") ->
 def write_metrics(
     result: Mapping[str, Any], folder: str | os.PathLike[str], stem: str = "prior_metrics"
 ) -> tuple[Path, Path]:
-    """Write ``<stem>.json`` and ``<stem>.md`` into ``folder`` (atomically)."""
+    """Write ``<stem>.json`` and ``<stem>.md`` into ``folder`` (atomically).
+
+    The JSON file holds ``result`` plus a ``machine`` record (platform, Python, torch, threads);
+    the Markdown file is :func:`metrics_markdown` of ``result``. Existing files are replaced.
+
+    :param result: the output of :func:`evaluate_prior`.
+    :param folder: an existing folder (usually the prior's).
+    :param stem: base name of the two files.
+    :return: ``(json_path, markdown_path)``.
+    """
     from ..io.atomic import atomic_output
 
     root = Path(folder)

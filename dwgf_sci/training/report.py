@@ -31,10 +31,21 @@ _VAL_TIMESTEPS = 10
 
 @torch.no_grad()
 def validation_denoiser_loss(prior: LatentPrior, x_model: Tensor, seed: int = 0) -> float:
-    """Mean noise-prediction error of the prior on validation images (fixed noise, 10 levels).
+    r"""Mean noise-prediction error of the prior on validation images (fixed noise, 10 levels).
 
     The images are encoded (posterior mean), noised at 10 timesteps evenly spread over the
     schedule with noise seeded by ``seed``, and the MSE of the predicted noise is averaged.
+
+    With :math:`T` training timesteps, :math:`t` runs over 10 integers from :math:`0.05\,T` to
+    :math:`T-1` and the loss is the mean over :math:`t` of
+    :math:`\mathrm{mean}\,\big(\hat\epsilon(\sqrt{\bar\alpha_t}\,z_0 +
+    \sqrt{1-\bar\alpha_t}\,\epsilon, t) - \epsilon\big)^2`.
+
+    :param prior: the trained prior.
+    :param x_model: validation images ``(N, C, H, W)`` in model units (after the unit map),
+        encoded in chunks of 64.
+    :param seed: seed of the CPU generator of the noise :math:`\epsilon`.
+    :return: the mean squared error (dimensionless: the noise has unit variance).
     """
     z0 = torch.cat(
         [prior.encode(x_model[i : i + 64].to(prior.device)) for i in range(0, len(x_model), 64)]
@@ -62,7 +73,17 @@ def _smooth(values: np.ndarray, window: int) -> np.ndarray:
 
 def loss_curve_png(history: dict[str, list[Any]], path: Path) -> Path:
     """One panel per stage: loss per step (light), its running mean (log scale) and, when
-    recorded, the validation metric of the EMA weights (``"<stage>_val"``, right axis)."""
+    recorded, the validation metric of the EMA weights (``"<stage>_val"``, right axis).
+
+    The running mean is over ``max(1, n // 50)`` steps; the y axis is logarithmic when every
+    loss is positive.
+
+    :param history: training history: per-step losses under ``"vae"`` and ``"unet"`` (stages
+        without losses are skipped) and, optionally, ``[step, value]`` pairs under
+        ``"vae_val"`` (PSNR, dB) and ``"unet_val"`` (validation loss).
+    :param path: the PNG file, written atomically (replaced if it exists).
+    :return: ``path``.
+    """
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -257,7 +278,21 @@ def _model_card(
 def finish_run(
     result: TrainResult, config: TrainConfig, data: TrainingData, runner: _Runner
 ) -> None:
-    """Compute validation metrics, save the prior, plots, ``training.json`` and ``README.md``."""
+    """Compute validation metrics, save the prior, plots, ``training.json`` and ``README.md``.
+
+    On the validation images: the VAE reconstruction PSNR (mean and median, dB), the decoder
+    RMS error (model units, stored as the prior's ``decoder_sigma``) and
+    :func:`validation_denoiser_loss`; then ``max(16, eval_samples)`` DDIM samples, with the KS
+    statistics of the first ``eval_samples`` against the validation images for single-channel
+    data. The prior is saved to the output folder with ``samples.png``, ``loss_curve.png``,
+    ``training.json`` and ``README.md`` (the model card). ``result.metrics`` and
+    ``result.timings["report_s"]`` are updated in place.
+
+    :param result: the trained prior, unit map, history, metrics and timings.
+    :param config: the run's configuration (seed, sample steps, ``eval_samples``, ...).
+    :param data: the training data; its validation split is used.
+    :param runner: the trainer's runner (output folder, device, logging).
+    """
     from .. import __version__
 
     t0 = time.perf_counter()

@@ -40,7 +40,16 @@ __all__ = ["ddim_sample_latents", "ddim_timesteps", "sample_prior"]
 
 
 def ddim_timesteps(num_train_timesteps: int, steps: int) -> Tensor:
-    """Descending, distinct timesteps from ``T - 1`` to 0 (``steps`` of them, ``<= T``)."""
+    """Descending, distinct timesteps from ``T - 1`` to 0 (``steps`` of them, ``<= T``).
+
+    The grid is ``steps`` evenly spaced points from :math:`T-1` down to 0, rounded to integers
+    (a single step gives ``[T - 1]``).
+
+    :param num_train_timesteps: number of training timesteps :math:`T` of the prior.
+    :param steps: number of DDIM steps, ``1 <= steps <= T``.
+    :return: the timesteps, ``(steps,)`` int64.
+    :raises ConfigError: for ``steps`` outside ``[1, T]``.
+    """
     if not 1 <= int(steps) <= int(num_train_timesteps):
         raise ConfigError(f"steps must be in [1, {num_train_timesteps}], found {steps}")
     grid = torch.linspace(num_train_timesteps - 1, 0, int(steps), dtype=torch.float64)

@@ -85,8 +85,14 @@ __all__ = [
     "train_prior",
 ]
 
-#: Called after each optimisation step with ``(stage, steps_done, loss)``.
 StepCallback = Callable[[str, int, float], None]
+"""Type of the ``callback`` of :func:`train_prior`, called after each optimisation step.
+
+It receives ``(stage, steps_done, loss)``: the stage name (``"vae"`` or ``"unet"``), the number
+of steps done in that stage (1 after the first step) and the step's training loss averaged over
+the processes; every process calls it. Raising :class:`TrainingStopped` stops the run like an
+interruption.
+"""
 _STAGE_IDS = {"vae": 1, "unet": 2}
 _ENCODE_BATCH = 64
 
@@ -126,7 +132,15 @@ def step_generator(seed: int, stage: str, step: int, stream: int = 0) -> torch.G
     """The CPU generator of the random draws of ``step`` in ``stage`` (same on every process).
 
     ``stream`` separates independent uses (0: the step's draws, 1: the epoch permutations, where
-    ``step`` is the epoch).
+    ``step`` is the epoch). The 64-bit seed is drawn by :class:`numpy.random.SeedSequence` from
+    ``(seed, stage id, stream, step)``, with stage ids 1 (``"vae"``), 2 (``"unet"``) and 9 for
+    any other name.
+
+    :param seed: the run's seed.
+    :param stage: the stage name.
+    :param step: the 0-based step (the epoch for ``stream=1``).
+    :param stream: the use of the generator.
+    :return: a freshly seeded CPU :class:`torch.Generator`.
     """
     entropy = [int(seed), _STAGE_IDS.get(stage, 9), int(stream), int(step)]
     state = np.random.SeedSequence(entropy).generate_state(2, dtype=np.uint32)
@@ -160,7 +174,24 @@ class _BatchSampler:
 
 
 def lr_at(step: int, steps: int, peak: float, warmup: int, schedule: str) -> float:
-    """Learning rate of ``step`` (0-based): linear warmup, then cosine decay to 10 % or constant."""
+    r"""Learning rate of ``step`` (0-based): linear warmup, then cosine decay to 10 % or constant.
+
+    With :math:`W` = ``warmup``, :math:`S` = ``steps`` and :math:`\eta` = ``peak``: for
+    :math:`s < W`, :math:`\eta\,(s + 1)/W`; after it, :math:`\eta` for the constant schedule
+    (or when :math:`S \le W`), else
+
+    .. math::
+
+        \eta \left(0.1 + 0.45\,\big(1 + \cos(\pi \min(1, p))\big)\right),
+        \qquad p = \frac{s - W}{\max(1, S - W)}.
+
+    :param step: the 0-based step :math:`s`.
+    :param steps: the number of steps of the stage :math:`S`.
+    :param peak: the peak learning rate :math:`\eta`.
+    :param warmup: the number of warmup steps :math:`W` (0: none).
+    :param schedule: ``"cosine"`` or ``"constant"`` (any value but ``"constant"`` decays).
+    :return: the learning rate of the step.
+    """
     if warmup > 0 and step < warmup:
         return peak * (step + 1) / warmup
     if schedule == "constant" or steps <= warmup:
