@@ -17,10 +17,14 @@ default preset's number of levels) and particles, so the cost columns compare li
 Outputs in ``--out``: ``tuning.json``, ``results.json``, ``results.md`` (with machine
 information and the exact command) and plots.
 
+Runs in separate processes (one per core, each with its own ``--out``) are combined with
+``--merge``: their records, tuning and example images go into one ``--out`` folder and table.
+
 Usage (about 20 minutes per task on one core)::
 
     python benchmarks/imaging_benchmark.py --tasks galaxy-deconv ct-20 --n 3 --out OUT
     python benchmarks/imaging_benchmark.py --n 3          # every task
+    python benchmarks/imaging_benchmark.py --merge OUT1 OUT2 --out OUT
 """
 
 from __future__ import annotations
@@ -86,10 +90,14 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=3, help="test problems per task")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default=str(RESULTS))
+    ap.add_argument("--merge", nargs="+", metavar="DIR", help="combine finished runs into --out")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.merge:
+        merge(args, [Path(d) for d in args.merge], out)
+        return
     start = time.perf_counter()
 
     def log(msg: str) -> None:
@@ -131,12 +139,20 @@ def main() -> None:
                 params[method][chosen[method]["param"]] = chosen[method]["chosen"]
         run_benchmark([task], args.methods, prior_of, out, n=args.n, params=params, progress=log)
     records = json.loads((out / "results.json").read_text())["records"]
+    run = f"{(time.perf_counter() - start) / 60:.0f} min for this invocation"
+    write_report(args, records, [t for t in TASKS if t in args.tasks], out, run)
+    log("done")
+
+
+def write_report(
+    args: argparse.Namespace, records: list[dict[str, Any]], tasks: list[str], out: Path, run: str
+) -> None:
+    """``results.md`` (command, machine, settings, table) and the figures, in ``out``."""
     header = [
         "# Imaging benchmark (test split)",
         "",
         f"`python benchmarks/imaging_benchmark.py {' '.join(sys.argv[1:])}` "
-        f"({time.strftime('%Y-%m-%d', time.gmtime())}, {(time.perf_counter() - start) / 60:.0f} "
-        "min for this invocation).",
+        f"({time.strftime('%Y-%m-%d', time.gmtime())}, {run}).",
         "",
         f"Machine: {json.dumps(machine_info())}.",
         "",
@@ -145,10 +161,32 @@ def main() -> None:
         f"{args.n_val} validation problem(s) per task ({args.n_val_classical} for the classical "
         "methods; `tuning.json`). Means over the test problems of each task.",
         "",
+        "",
     ]
-    (out / "results.md").write_text("\n".join(header) + summary_markdown(records, args.tasks))
+    (out / "results.md").write_text("\n".join(header) + summary_markdown(records, tasks))
     plot_results(records, out / "images.pt", out)
-    log("done")
+
+
+def merge(args: argparse.Namespace, folders: list[Path], out: Path) -> None:
+    """Combine the records, tuning and example images of finished runs into ``out``."""
+    records: list[dict[str, Any]] = []
+    tuning: dict[str, Any] = {}
+    images: dict[str, torch.Tensor] = {}
+    for folder in folders:
+        records += json.loads((folder / "results.json").read_text())["records"]
+        if (folder / "tuning.json").exists():
+            tuning.update(json.loads((folder / "tuning.json").read_text()))
+        if (folder / "images.pt").exists():
+            images.update(torch.load(folder / "images.pt", weights_only=True))
+    keys = [(r["task"], r["method"], r["split"], r["index"]) for r in records]
+    if len(set(keys)) != len(keys):
+        raise SystemExit("the runs overlap: a (task, method, problem) appears twice")
+    data = {"machine": machine_info(), "records": records, "merged_from": [str(f) for f in folders]}
+    (out / "results.json").write_text(json.dumps(data, indent=1))
+    (out / "tuning.json").write_text(json.dumps(tuning, indent=1))
+    torch.save(images, out / "images.pt")
+    tasks = [t for t in TASKS if any(r["task"] == t for r in records)]
+    write_report(args, records, tasks, out, f"merged from {', '.join(f.name for f in folders)}")
 
 
 if __name__ == "__main__":
