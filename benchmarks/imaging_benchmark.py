@@ -42,6 +42,7 @@ from dwgf_sci.benchmark.imaging import (
     METHODS,
     applies,
     machine_info,
+    overview_markdown,
     plot_results,
     run_benchmark,
     summary_markdown,
@@ -163,7 +164,9 @@ def write_report(
         "",
         "",
     ]
-    (out / "results.md").write_text("\n".join(header) + summary_markdown(records, tasks))
+    overview = ["## Mean PSNR (dB)", "", overview_markdown(records, tasks), "## Per task", "", ""]
+    text = "\n".join(header + overview) + summary_markdown(records, tasks)
+    (out / "results.md").write_text(text)
     plot_results(records, out / "images.pt", out)
 
 

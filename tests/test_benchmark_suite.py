@@ -141,3 +141,18 @@ def test_tune_method_refuses_the_test_split_and_picks_from_validation():
     found = tune_method("richardson-lucy", "iterations", 3, val, None, integer=True, factor=3.0)
     scores = dict(found.scores)
     assert scores[found.best] == max(scores.values()) and found.best > 3  # 3 iterations under-fit
+
+
+def test_overview_marks_the_best_method_per_task():
+    from dwgf_sci.benchmark.imaging import overview_markdown
+
+    def rec(task, method, value):
+        return {"task": task, "method": method, "psnr": value, "ssim": 0.9, "chi2": 1.0,
+                "coverage90": None, "wall_s": 1.0, "peak_mib": 0.0, "calls": {}}  # fmt: skip
+
+    records = [rec("a", "tv", 30.0), rec("a", "dwgf", 31.0), rec("a", "dwgf", 33.0),
+               rec("b", "tv", 40.0), rec("b", "dwgf", 35.0)]  # fmt: skip
+    lines = overview_markdown(records, ["a", "b", "missing"]).splitlines()
+    assert lines[0] == "| method | a | b |"
+    assert lines[2] == "| dwgf | **32.00** | 35.00 |"  # latent methods first, mean over problems
+    assert lines[3] == "| tv | 30.00 | **40.00** |"

@@ -58,6 +58,7 @@ __all__ = [
     "plot_results",
     "run_benchmark",
     "run_one",
+    "overview_markdown",
     "summary_markdown",
 ]
 
@@ -353,6 +354,43 @@ def aggregate(records: Sequence[dict[str, Any]]) -> dict[tuple[str, str], dict[s
             "vae": sum(v for k, v in calls.items() if k.startswith(("encoder", "decoder"))),
         }
     return out
+
+
+def overview_markdown(records: Sequence[dict[str, Any]], tasks: Sequence[str]) -> str:
+    """Markdown matrix of mean PSNR (dB): one row per method, one column per task.
+
+    The best value of each column is in bold; ``-`` marks a method that does not apply to the
+    task (or was not run).
+
+    :param records: records of :func:`run_benchmark` (or :func:`run_one`).
+    :param tasks: task names, in column order; tasks without records are skipped.
+    :return: the Markdown text.
+    """
+    agg = aggregate(records)
+    tasks = [t for t in tasks if any(k[0] == t for k in agg)]
+    order = {m: i for i, m in enumerate(_LATENT_FIRST)}
+    methods = sorted({m for _, m in agg}, key=lambda m: (order.get(m, len(order)), m))
+    best = {
+        t: max((v["psnr"] for (tt, _), v in agg.items() if tt == t and v["psnr"] is not None),
+               default=None)
+        for t in tasks
+    }  # fmt: skip
+    lines = [
+        "| method | " + " | ".join(tasks) + " |",
+        "|---|" + "---:|" * len(tasks),
+    ]
+    for m in methods:
+        cells = []
+        for t in tasks:
+            v = agg.get((t, m), {}).get("psnr")
+            cell = _fmt(v, ".2f")
+            cells.append(f"**{cell}**" if v is not None and v == best[t] else cell)
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+#: Row order of :func:`overview_markdown`: these first, then the rest alphabetically.
+_LATENT_FIRST = ("dwgf", "dwgf-fast", "dwgf-reference", "dps", "psld", "resample", "reddiff")
 
 
 def summary_markdown(records: Sequence[dict[str, Any]], tasks: Sequence[str]) -> str:
