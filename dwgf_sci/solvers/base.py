@@ -19,9 +19,9 @@ import torch
 from deepinv.models import Reconstructor
 from deepinv.physics import Physics
 from torch import Tensor
+from tqdm.auto import tqdm
 
 from .._checks import check_finite
-from .._progress import tqdm
 from ..errors import ConfigError, InvalidDataError, OperatorMismatchError, ShapeError
 from ..priors.base import LatentPrior
 from .likelihood import DataTerm

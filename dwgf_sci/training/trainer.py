@@ -351,7 +351,7 @@ class _Runner:
         warmup = cfg.warmup_for(stage.steps)
         bar = None
         if cfg.progress and ctx.is_main and start < stage.steps:
-            from .._progress import tqdm
+            from tqdm.auto import tqdm
 
             bar = tqdm(
                 total=stage.steps, initial=start, desc=stage.name, dynamic_ncols=True, mininterval=1
