@@ -206,9 +206,14 @@ def test_corrupt_checkpoint_is_refused(tmp_path):
     (ckpt / "model.safetensors").write_bytes(bytes(data))
     with pytest.raises(CheckpointError, match="corrupt"):
         train_prior(_config(run, vae_steps=8, resume=True))
+    good = json.loads((ckpt / "state.json").read_text())
     (ckpt / "state.json").write_text("{not json")
     with pytest.raises(CheckpointError, match="corrupt"):
         load_checkpoint(ckpt)
+    for key, value in (("step", None), ("files", []), ("optimizer", "x"), ("version", True)):
+        (ckpt / "state.json").write_text(json.dumps({**good, key: value}))
+        with pytest.raises(CheckpointError, match=f"'{key}'"):  # a clear error, not a KeyError
+            load_checkpoint(ckpt)
 
 
 # ---------------------------------------------------------------------- pieces

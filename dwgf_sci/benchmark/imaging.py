@@ -458,10 +458,12 @@ def plot_results(records: Sequence[dict[str, Any]], images_path: str | Path, out
     cols = min(4, len(tasks)) or 1
     rows = math.ceil(len(tasks) / cols) or 1
     fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3.2 * rows), squeeze=False)
+    palette = plt.get_cmap("tab20").colors
+    colour = {m: palette[i % len(palette)] for i, m in enumerate(sorted({m for _, m in agg}))}
     for ax, task in zip(axes.flat, tasks, strict=False):
         for (t, m), v in sorted(agg.items()):
-            if t == task and v["psnr"] is not None:
-                ax.scatter(v["wall_s"], v["psnr"], label=m)
+            if t == task and v["psnr"] is not None and v["wall_s"] is not None:
+                ax.scatter(v["wall_s"], v["psnr"], label=m, color=colour[m])  # same in every panel
                 ax.annotate(m, (v["wall_s"], v["psnr"]), fontsize=7)
         ax.set_xscale("log")
         ax.set_title(task, fontsize=9)

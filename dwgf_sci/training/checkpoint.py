@@ -270,12 +270,20 @@ def load_checkpoint(path: str | os.PathLike[str], device: torch.device | str = "
         raise CheckpointError(f"checkpoint {state_path} is corrupt ({err}); {advice}") from None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{folder} is not a dwgf-sci training checkpoint; {advice}")
-    if int(state.get("version", 0)) > CHECKPOINT_VERSION:
+    fields = {"version": int, "stage": str, "step": int, "optimizer": dict, "files": dict}
+    for key, kind in fields.items():
+        value = state.get(key)
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise CheckpointError(
+                f"checkpoint {state_path} is corrupt: {key!r} should be a {kind.__name__}, "
+                f"found {value!r}; {advice}"
+            )
+    if state["version"] > CHECKPOINT_VERSION:
         raise CheckpointError(
             f"checkpoint {folder} has format version {state.get('version')}; this dwgf-sci reads "
             f"up to version {CHECKPOINT_VERSION}"
         )
-    digests = state.get("files", {})
+    digests = state["files"]
     loaded: dict[str, dict[str, Tensor]] = {}
     for name in _FILES:
         file = folder / name
@@ -290,7 +298,12 @@ def load_checkpoint(path: str | os.PathLike[str], device: torch.device | str = "
             loaded[name] = load_file(str(file), device=str(device))
         except (SafetensorError, OSError, RuntimeError) as err:  # pragma: no cover - hashed
             raise CheckpointError(f"cannot read {file}: {err}; {advice}") from None
-    optimizer = optimizer_state_from_flat(loaded["optimizer.safetensors"], state["optimizer"])
+    try:
+        optimizer = optimizer_state_from_flat(loaded["optimizer.safetensors"], state["optimizer"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise CheckpointError(
+            f"checkpoint {folder}: invalid optimizer state ({err}); {advice}"
+        ) from None
     return Checkpoint(
         path=folder,
         stage=str(state["stage"]),
