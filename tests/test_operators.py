@@ -258,3 +258,15 @@ def test_wrong_sizes_are_rejected(name: str) -> None:
     bad = torch.zeros((2, *op.measurement_shape))[..., :-1]
     with pytest.raises(OperatorMismatchError, match="expected"):
         op.A_adjoint(bad)
+
+
+def test_sizes_that_would_fill_the_memory_are_refused_before_allocating():
+    from dwgf_sci.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="4097 px limit"):
+        ops.moffat_psf(fwhm=65536.0)  # a 2e5-px stamp: 300+ GB if it were allocated
+    with pytest.raises(ConfigError, match="4097 px limit"):
+        ops.gaussian_psf(fwhm=2.0, size=99999999)
+    with pytest.raises(ConfigError, match="pixels per image"):
+        ops.HadamardSensing((1, 2**20, 2**20), m=16)
+    assert ops.moffat_psf(fwhm=4.0).shape[-1] <= 4097  # ordinary widths are unaffected

@@ -34,6 +34,11 @@ ImgSize = tuple[int, int, int]
 _FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 
+#: Most pixels per image an operator accepts (C x H x W = 2**28, e.g. 3 x 9459 x 9459): a size
+#: above it is refused before any array is allocated (a typo in a spec must not fill the memory).
+MAX_PIXELS = 2**28
+
+
 def as_img_size(img_size: int | Sequence[int], name: str = "img_size") -> ImgSize:
     """Normalise an image size to ``(C, H, W)``.
 
@@ -58,6 +63,11 @@ def as_img_size(img_size: int | Sequence[int], name: str = "img_size") -> ImgSiz
         raise ConfigError(f"{name}: expected an int or (C, H, W), found {img_size!r}")
     if len(dims) != 3 or min(dims) < 1:
         raise ConfigError(f"{name}: expected (C, H, W) with positive sizes, found {img_size!r}")
+    if dims[0] * dims[1] * dims[2] > MAX_PIXELS:
+        raise ConfigError(
+            f"{name}: {dims[0]}x{dims[1]}x{dims[2]} is more than {MAX_PIXELS} pixels per image; "
+            "reconstruct such images in tiles"
+        )
     return (dims[0], dims[1], dims[2])
 
 

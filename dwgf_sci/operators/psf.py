@@ -89,13 +89,30 @@ def _positive(name: str, value: float) -> float:
     return v
 
 
+#: Largest PSF stamp side (pixels) a model helper makes: a 4097 x 4097 float64 stamp is 134 MB.
+#: A larger one is almost surely a unit mistake (e.g. a FWHM in arcsec taken as pixels).
+MAX_STAMP_SIZE = 4097
+
+
 def _stamp_size(size: int | None, radius: float, name: str = "size") -> int:
-    """Odd stamp size: ``size`` if given (checked), else ``2 ceil(radius) + 1`` (at least 3)."""
+    """Odd stamp size: ``size`` if given (checked), else ``2 ceil(radius) + 1`` (at least 3).
+
+    :raises ConfigError: a size that is not an odd positive integer, or one above
+        :data:`MAX_STAMP_SIZE` (checked before any memory is allocated).
+    """
     if size is None:
-        return max(3, 2 * math.ceil(radius - 1e-9) + 1)  # 1e-9: 12.000000000000002 -> 12
-    ok = isinstance(size, int | float | np.integer) and not isinstance(size, bool)
-    if not ok or int(size) != size or int(size) < 1 or int(size) % 2 == 0:
-        raise ConfigError(f"{name}: expected an odd positive integer, found {size!r}")
+        size = max(3, 2 * math.ceil(radius - 1e-9) + 1)  # 1e-9: 12.000000000000002 -> 12
+        what = f"the PSF stamp implied by its width ({size} px)"
+    else:
+        ok = isinstance(size, int | float | np.integer) and not isinstance(size, bool)
+        if not ok or int(size) != size or int(size) < 1 or int(size) % 2 == 0:
+            raise ConfigError(f"{name}: expected an odd positive integer, found {size!r}")
+        what = f"{name} = {int(size)} px"
+    if int(size) > MAX_STAMP_SIZE:
+        raise ConfigError(
+            f"{what} exceeds the {MAX_STAMP_SIZE} px limit: is the width in pixels? "
+            "Pass a smaller width or an explicit size"
+        )
     return int(size)
 
 
