@@ -270,3 +270,6 @@ def test_sizes_that_would_fill_the_memory_are_refused_before_allocating():
     with pytest.raises(ConfigError, match="pixels per image"):
         ops.HadamardSensing((1, 2**20, 2**20), m=16)
     assert ops.moffat_psf(fwhm=4.0).shape[-1] <= 4097  # ordinary widths are unaffected
+    with pytest.raises(ConfigError, match="ray grid"):
+        ops.SparseViewCT(64, n_views=65536)  # 5e8 grid points, minutes to build
+    assert ops.SparseViewCT(64, n_views=720).n_views == 720

@@ -38,7 +38,7 @@ from deepinv.physics.functional import RampFilter
 from deepinv.physics.noise import NoiseModel, ZeroNoise
 
 from ..errors import ConfigError
-from ._base import ImgSize, OperatorMixin, as_img_size, cgls, check_dtype
+from ._base import MAX_PIXELS, ImgSize, OperatorMixin, as_img_size, cgls, check_dtype
 
 __all__ = ["GEOMETRIES", "SparseViewCT", "view_angles"]
 
@@ -79,7 +79,9 @@ class SparseViewCT(OperatorMixin, Tomography):
     r"""Sparse-view / limited-angle CT operator (parallel or fan beam), exact adjoint.
 
     :param img_size: image size ``(C, N, N)`` (square images; ``N`` or ``(N, N)`` for one channel).
-    :param n_views: number of view angles :math:`V`.
+    :param n_views: number of view angles :math:`V`. The ray-sampling grid holds
+        :math:`V \lceil\sqrt2 N\rceil^2` points and is refused above ``MAX_PIXELS`` (:math:`2^{28}`,
+        e.g. 32,000 views at 64 px or 510 at 512 px).
     :param angular_range: angular range :math:`\alpha` in degrees covered by the views (``None``:
         180 for parallel, 360 for fan beam). Limited angle: :math:`\alpha < 180`.
     :param start_angle: first view angle :math:`\theta_0` in degrees.
@@ -128,6 +130,13 @@ class SparseViewCT(OperatorMixin, Tomography):
             raise ConfigError(f"geometry: expected one of {list(GEOMETRIES)}, found {geometry!r}")
         if isinstance(n_views, bool) or not isinstance(n_views, int) or n_views < 1:
             raise ConfigError(f"n_views: expected a positive integer, found {n_views!r}")
+        padded_width = math.ceil(math.sqrt(2.0) * H)
+        if n_views * padded_width**2 > MAX_PIXELS:
+            raise ConfigError(
+                f"n_views: {n_views} views of a {H}x{H} image need a ray grid of "
+                f"{n_views}x{padded_width}x{padded_width} points, more than {MAX_PIXELS}; "
+                f"use at most {MAX_PIXELS // padded_width**2} views at this size"
+            )
         if angular_range is None:
             angular_range = 180.0 if geometry == "parallel" else 360.0
         angular_range = float(angular_range)
