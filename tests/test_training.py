@@ -309,6 +309,10 @@ def test_statistics_of_known_shapes():
     same = ks_statistics(a[:150], a[150:], "generic")
     shifted = ks_statistics(a[:150] + 0.3, a[150:], "generic")
     assert same["pixel_mean"]["ks"] < 0.2 < shifted["pixel_mean"]["ks"]
+    # blank samples have no half-light radius: the worst score, with every field present
+    blank = ks_statistics(torch.zeros((5, 1, 16, 16)), a[:5] + 1.0, "galaxies")["half_light_radius"]
+    assert blank["ks"] == 1.0 and blank["n_samples"] == 0 and blank["dropped"] == 5
+    assert math.isnan(blank["sample_median"]) and blank["n_reference"] == 5
 
 
 def test_evaluate_prior_writes_metrics(trained, tmp_path):

@@ -232,8 +232,8 @@ def ks_statistics(samples: Tensor, reference: Tensor, kind: str) -> dict[str, di
     :param reference: held-out images, same layout and units (the count may differ).
     :param kind: ``"galaxies"``, ``"phantoms"`` or ``"generic"`` (see :func:`image_statistics`).
     :return: ``{name: {"ks", "p_value", "n_samples", "n_reference", "dropped",
-        "sample_median", "reference_median"}}``; when either set has no finite value the entry is
-        only ``{"ks": 1.0, "p_value": 0.0, "n_samples"}``.
+        "sample_median", "reference_median"}}``; when either set has no finite value, ``ks`` is 1,
+        ``p_value`` 0 and the empty set's median ``nan``.
     :raises ConfigError: for an unknown ``kind``.
     """
     from scipy.stats import ks_2samp
@@ -242,18 +242,16 @@ def ks_statistics(samples: Tensor, reference: Tensor, kind: str) -> dict[str, di
     out: dict[str, dict[str, float]] = {}
     for name in a:
         va, vb = a[name][np.isfinite(a[name])], b[name][np.isfinite(b[name])]
-        if va.size == 0 or vb.size == 0:
-            out[name] = {"ks": 1.0, "p_value": 0.0, "n_samples": int(va.size)}
-            continue
-        res = ks_2samp(va, vb)
+        empty = va.size == 0 or vb.size == 0
+        res = None if empty else ks_2samp(va, vb)
         out[name] = {
-            "ks": float(res.statistic),
-            "p_value": float(res.pvalue),
+            "ks": 1.0 if res is None else float(res.statistic),
+            "p_value": 0.0 if res is None else float(res.pvalue),
             "n_samples": int(va.size),
             "n_reference": int(vb.size),
             "dropped": int(a[name].size - va.size),
-            "sample_median": float(np.median(va)),
-            "reference_median": float(np.median(vb)),
+            "sample_median": float(np.median(va)) if va.size else float("nan"),
+            "reference_median": float(np.median(vb)) if vb.size else float("nan"),
         }
     return out
 
