@@ -244,3 +244,14 @@ def test_demo_runs_with_a_given_prior(tmp_path, prior_dir, capsys):
     assert "PSNR" in text and "dwgf" in text and "richardson-lucy" in text
     for name in ("observation.fits", "posterior.fits", "demo.png"):
         assert (out / name).stat().st_size > 0
+
+
+def test_reconstruct_speed_options(tmp_path, prior_dir):
+    obs, rec = tmp_path / "obs", tmp_path / "rec"
+    assert main(["simulate", "--n", "1", "--size", "32", "--out", str(obs), "--set", "fwhm=3"]) == 0
+    common = ["reconstruct", str(obs), "--prior", str(prior_dir), "--steps", "2"]
+    common += ["--particles", "2", "--quiet", "--out", str(rec)]
+    assert main([*common, "--dtype", "float32", "--channels-last"]) == 0
+    mean, _ = read_fits(rec / "obs_00000_posterior.fits")
+    assert mean.shape == (1, 1, 32, 32) and torch.isfinite(mean).all()
+    assert main([*common, "--dtype", "int8", "--overwrite"]) != 0

@@ -202,3 +202,25 @@ def test_load_prior_names_and_errors(tmp_path: Path) -> None:
         load_prior(tmp_path / "odd")
     with pytest.raises(FileFormatError, match="not a LatentDiffusionPrior|holds a"):
         LatentDiffusionPrior.from_pretrained(tmp_path / "odd")
+
+
+def test_channels_last_and_compile_keep_results_and_names() -> None:
+    prior = build_tiny_latent_prior(32, seed=3)
+    names = list(prior.state_dict())
+    z = torch.randn(
+        (2, *prior.latent_shape((1, 32, 32))), generator=torch.Generator().manual_seed(0)
+    )
+    t = torch.tensor([10, 500])
+    decoded, eps = prior.decode(z), prior.predict_noise(z, t)
+    prior.enable_channels_last()
+    assert prior.vae.decoder.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+    # the "eager" backend runs TorchDynamo's tracing without a C compiler (seconds, not minutes)
+    prior.compile_networks(backend="eager")
+    z_grad = z.clone().requires_grad_(True)
+    out = prior.decode(z_grad)
+    out.square().sum().backward()
+    assert torch.allclose(out, decoded, atol=1e-5)
+    assert torch.allclose(prior.predict_noise(z, t), eps, atol=1e-5)
+    assert z_grad.grad is not None and torch.isfinite(z_grad.grad).all()
+    assert z_grad.grad.abs().sum() > 0
+    assert list(prior.state_dict()) == names  # save_pretrained writes the same weights

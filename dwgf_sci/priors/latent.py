@@ -63,7 +63,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from ..errors import ConfigError, FileFormatError, OutputExistsError, ShapeError
 from .base import LatentPrior
@@ -416,6 +416,35 @@ class AutoencoderPrior(LatentPrior):
     def disable_vae_tiling(self) -> None:
         """Encode/decode whole images (the default)."""
         self.vae.disable_tiling()
+
+    # ------------------------------------------------------------------ speed options
+    def _networks(self) -> list[nn.Module]:
+        """The networks a reconstruction calls: the VAE's encoder and decoder, the denoiser."""
+        unet = getattr(self, "unet", None)
+        return [self.vae.encoder, self.vae.decoder, *([unet] if unet is not None else [])]
+
+    def enable_channels_last(self) -> None:
+        """Store the networks' 4-D weights channels-last (NHWC).
+
+        On CUDA with float16/bfloat16 this lets cuDNN use tensor-core convolution kernels
+        (typically 10-30% faster for Stable-Diffusion-sized networks); on the CPU it is allowed
+        but rarely helps. Results agree with the default layout up to floating-point rounding.
+        """
+        for net in self._networks():
+            net.to(memory_format=torch.channels_last)
+
+    def compile_networks(self, **kwargs: Any) -> None:
+        """Compile the encoder, decoder and denoiser with ``torch.compile``, in place.
+
+        The parameter names (``state_dict``, :meth:`save_pretrained`) do not change. The first
+        calls at each new batch size are slow (compilation); later ones are faster on CUDA.
+        Gradients through the decoder (the data term) work as before.
+
+        :param kwargs: options of :meth:`torch.nn.Module.compile` (``mode="max-autotune"``,
+            ``backend=...``, ``dynamic=...``).
+        """
+        for net in self._networks():
+            net.compile(**kwargs)
 
     # ------------------------------------------------------------------ networks
     def _check_image(self, x: Tensor) -> None:
