@@ -156,3 +156,21 @@ def test_overview_marks_the_best_method_per_task():
     assert lines[0] == "| method | a | b |"
     assert lines[2] == "| dwgf | **32.00** | 35.00 |"  # latent methods first, mean over problems
     assert lines[3] == "| tv | 30.00 | **40.00** |"
+
+
+def test_gpu_profile_script_runs_on_the_cpu_with_the_tiny_architecture():
+    """benchmarks/gpu_sd_profile.py, the script a GPU session runs, smoke-tested on the CPU."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).parents[1] / "benchmarks" / "gpu_sd_profile.py"
+    cmd = [sys.executable, str(script), "--arch", "tiny", "--size", "64", "--device", "cpu"]
+    cmd += ["--dtype", "float32", "--steps", "2", "--particles", "2", "--no-write"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+    methods = [r["method"] for r in rows if "method" in r]
+    assert methods == ["dwgf", "dwgf-fast", "psld", "dps"]
+    assert all(r["per_step_ms"] > 0 and r["calls_per_particle_step"]["unet"] == 1 for r in rows[:4])
+    assert rows[-1]["dwgf_over_psld"] > 0
