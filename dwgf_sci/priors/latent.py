@@ -426,9 +426,10 @@ class AutoencoderPrior(LatentPrior):
     def enable_channels_last(self) -> None:
         """Store the networks' 4-D weights channels-last (NHWC).
 
-        On CUDA with float16/bfloat16 this lets cuDNN use tensor-core convolution kernels
-        (typically 10-30% faster for Stable-Diffusion-sized networks); on the CPU it is allowed
-        but rarely helps. Results agree with the default layout up to floating-point rounding.
+        On CUDA with float16/bfloat16 this lets cuDNN pick its NHWC tensor-core convolution
+        kernels (the gain depends on the GPU and the network; it has not been measured here, where
+        no GPU was available). Allowed on the CPU. Results agree with the default layout up to
+        floating-point rounding.
         """
         for net in self._networks():
             net.to(memory_format=torch.channels_last)
