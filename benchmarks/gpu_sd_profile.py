@@ -154,6 +154,15 @@ def test_object(size: int, device: torch.device) -> torch.Tensor:
     return (img / img.max()).float()[None, None].to(device)
 
 
+def psf_problem(size: int, device: torch.device) -> tuple[torch.Tensor, Any, torch.Tensor]:
+    """The test object, a Moffat PSF operator (FWHM 4 px, 1% Gaussian noise) and its data."""
+    x = test_object(size, device)
+    spec = {"type": "psf", "profile": "moffat", "fwhm": 4.0, "beta": 3.0, "padding": "same"}
+    spec["noise"] = {"type": "gaussian", "sigma": 0.01}
+    physics = build_operator(spec, (1, size, size), device=device)
+    return x, physics, physics(x)
+
+
 def count_parameters(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
@@ -198,19 +207,7 @@ def flops_estimate(args: argparse.Namespace) -> None:
     flops = pass_flops(args.size)
     parts = tiny_stable_diffusion_components(sample_size=8)
     prior = StableDiffusionPrior(**parts, image_channels=1, data_range=(0.0, 1.0))
-    x = test_object(64, torch.device("cpu"))
-    physics = build_operator(
-        {
-            "type": "psf",
-            "profile": "moffat",
-            "fwhm": 4.0,
-            "beta": 3.0,
-            "padding": "same",
-            "noise": {"type": "gaussian", "sigma": 0.01},
-        },
-        (1, 64, 64),
-    )
-    y = physics(x)
+    _, physics, y = psf_problem(64, torch.device("cpu"))
     rows = []
     for method in args.methods:
         prior.reset_calls()
@@ -303,20 +300,7 @@ def main() -> None:
         prior.enable_channels_last()
     if args.compile:
         prior.compile_networks()
-    x = test_object(args.size, device)
-    physics = build_operator(
-        {
-            "type": "psf",
-            "profile": "moffat",
-            "fwhm": 4.0,
-            "beta": 3.0,
-            "padding": "same",
-            "noise": {"type": "gaussian", "sigma": 0.01},
-        },
-        (1, args.size, args.size),
-        device=device,
-    )
-    y = physics(x)
+    x, physics, y = psf_problem(args.size, device)
     makers = {m: partial(MAKERS[m], prior, args.particles) for m in args.methods}
 
     def sync() -> None:
