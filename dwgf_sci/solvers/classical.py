@@ -16,7 +16,6 @@ They share the deepinv :class:`~deepinv.models.Reconstructor` interface with the
 
 from __future__ import annotations
 
-import math
 import time
 from typing import Any, ClassVar
 
@@ -104,37 +103,68 @@ class Wiener(ClassicalSolver):
         """``solver``, ``reg`` and ``noise_sigma`` as given (None: estimated per measurement)."""
         return {"solver": self.name, "reg": self.reg, "noise_sigma": self.noise_sigma}
 
-    def regularisation(self, y: Tensor, physics: Physics) -> float:
-        """:math:`\\lambda` used for ``y``."""
+    def regularisation(self, y: Tensor, physics: Physics) -> Tensor:
+        r""":math:`\lambda_b` of each measurement ``y[b]``, a float64 tensor ``(B,)``.
+
+        With ``reg`` given, every item gets it. Otherwise :math:`\lambda_b = \sigma_b^2 / P_b`
+        with the item's noise level :math:`\sigma_b` (one per item when the noise model holds
+        a batch of levels) and its signal power
+        :math:`P_b = \max(\mathrm{mean}(|y_b|^2) - \sigma_b^2, \sigma_b^2)`.
+
+        :raises ConfigError: if no noise level is known (pass ``reg`` or ``noise_sigma``).
+        """
+        batch = y.shape[0]
         if self.reg is not None:
-            return float(self.reg)
+            return torch.full((batch,), float(self.reg), dtype=torch.float64)
+        flat = y.detach().reshape(batch, -1)
         sigma = self.noise_sigma if self.noise_sigma is not None else noise_sigma(physics)
-        if sigma is None or torch.is_tensor(sigma) or not sigma > 0:
+        if sigma is None or not bool((torch.as_tensor(sigma) > 0).all()):
             spec = noise_spec(getattr(physics, "noise_model", None))
             if spec["type"] not in ("poisson", "poisson-gaussian"):
                 raise ConfigError("Wiener needs a noise level: pass reg=... or noise_sigma=...")
             # photon noise: its mean variance g (E[y] + sky) (+ sigma^2) as the noise power
-            var = float(spec["gain"]) * (float(y.clamp_min(0).mean()) + float(spec.get("sky", 0)))
-            sigma = math.sqrt(var + float(spec.get("sigma", 0.0)) ** 2)
-        power = max(float(y.pow(2).mean()) - sigma**2, sigma**2)
-        return sigma**2 / power
+            level = flat.real.clamp_min(0).double().mean(dim=1) + float(spec.get("sky", 0))
+            var = float(spec["gain"]) * level + float(spec.get("sigma", 0.0)) ** 2
+        else:
+            var = torch.as_tensor(sigma, dtype=torch.float64).detach().cpu().flatten() ** 2
+            if var.numel() not in (1, batch):
+                raise ConfigError(f"{var.numel()} noise levels for a batch of {batch}")
+        var = var.cpu().expand(batch)
+        power = torch.maximum(flat.abs().double().pow(2).mean(dim=1).cpu() - var, var)
+        return var / power
 
     def estimate(self, y: Tensor, physics: Physics) -> Tensor:
-        r"""The Wiener estimate :math:`\hat x = (A^\top A + \lambda I)^{-1} A^\top y`.
+        r"""The Wiener estimate :math:`\hat x_b = (A^\top A + \lambda_b I)^{-1} A^\top y_b`.
 
-        :math:`\lambda` comes from :meth:`regularisation`. The physics' ``A_dagger(y, reg=...)``
+        :math:`\lambda_b` comes from :meth:`regularisation`. The physics' ``A_dagger(y, reg=...)``
         solves the system: in closed form where the operator has one (for a circular PSF with
         transfer function :math:`P`, the Wiener filter :math:`\hat X = \bar P\,\hat Y /
         (|P|^2 + \lambda)` in Fourier), by damped CGLS otherwise. A physics whose ``A_dagger``
         takes no ``reg`` falls back on deepinv's ``prox_l2`` at 0 with step
-        :math:`1/\lambda`, which solves the same system.
+        :math:`1/\lambda`, which solves the same system. Items with different
+        :math:`\lambda_b` are solved with one batched call per distinct value (the whole batch
+        goes through the physics, so per-item operators such as per-item PSFs stay aligned).
 
         :param y: measurements ``(B, ...)`` in the physics' measurement layout.
         :param physics: the forward operator (with its noise model when ``reg`` is None).
         :return: the estimate ``(B, C, H, W)``, in image units.
         :raises ConfigError: if ``reg`` is None and no noise level is known.
         """
-        reg = self.regularisation(y, physics)
+        lam = self.regularisation(y, physics)
+        x: Tensor | None = None
+        for value in torch.unique(lam):
+            solved = self._solve(y, physics, float(value))
+            if x is None:
+                x = solved
+            else:
+                pick = (lam == value).to(solved.device).view(-1, *[1] * (solved.dim() - 1))
+                x = torch.where(pick, solved, x)
+        assert x is not None
+        return x
+
+    @staticmethod
+    def _solve(y: Tensor, physics: Physics, reg: float) -> Tensor:
+        r""":math:`(A^\top A + \mathrm{reg}\,I)^{-1} A^\top y` for the whole batch."""
         try:
             return physics.A_dagger(y, reg=reg)
         except TypeError:  # deepinv physics without a reg argument: generic prox of the L2 term
