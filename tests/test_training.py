@@ -442,3 +442,17 @@ def test_bad_input_fails_before_training(tmp_path, capsys):
     assert code == 2
     err = capsys.readouterr().err
     assert err.startswith("dwgf-sci: error:") and "missing.h5" in err and "Traceback" not in err
+
+
+def test_per_image_psnr_ranges_are_per_image_and_a_constant_image_uses_one():
+    from dwgf_sci.training.evaluate import per_image_psnr
+
+    ref = torch.zeros(3, 1, 4, 4, dtype=torch.float64)
+    ref[0, 0, 0, 0] = 2.0  # range 2
+    ref[1] = 5.0  # constant: range taken as 1
+    ref[2, 0, 1, 1] = 10.0  # range 10
+    x = ref + 0.1
+    got = per_image_psnr(x, ref)
+    want = 10 * np.log10(np.array([2.0, 1.0, 10.0]) ** 2 / 0.01)
+    np.testing.assert_allclose(got, want, rtol=1e-12)
+    assert per_image_psnr(ref, ref).tolist() == [math.inf] * 3

@@ -87,13 +87,15 @@ def per_image_psnr(x: Tensor, reference: Tensor) -> np.ndarray:
 
     :param Tensor x: ``(N, C, H, W)``.
     :param Tensor reference: same shape.
-    :return: ``(N,)`` array (``inf`` for exact reconstructions).
+    :return: ``(N,)`` array (``inf`` for exact reconstructions). A constant reference image has
+        no range; as in :func:`dwgf_sci.metrics.data_range`, 1 is used for it.
     """
     if x.shape != reference.shape:
         raise ShapeError(f"shapes differ: {tuple(x.shape)} vs {tuple(reference.shape)}")
     ref = reference.detach().double().flatten(1)
     err = (x.detach().double().flatten(1) - ref).pow(2).mean(dim=1)
-    rng = (ref.max(dim=1).values - ref.min(dim=1).values).clamp_min(1e-300)
+    rng = ref.max(dim=1).values - ref.min(dim=1).values
+    rng = torch.where(rng > 0, rng, torch.ones_like(rng))
     with np.errstate(divide="ignore"):
         return (10.0 * torch.log10(rng.pow(2) / err)).cpu().numpy()
 
