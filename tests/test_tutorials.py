@@ -37,7 +37,7 @@ def test_notebook_runs_in_small_mode(path, tmp_path, monkeypatch):
     book = nbformat.read(work, as_version=4)
     client = nbclient.NotebookClient(
         book,
-        timeout=600,
+        timeout=1200,  # per cell; generous so a busy machine is slow, not failing
         kernel_name="python3",
         resources={"metadata": {"path": str(tmp_path)}},
         env={**os.environ},
