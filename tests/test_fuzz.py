@@ -35,8 +35,9 @@ from dwgf_sci.priors.tiny import build_tiny_latent_prior
 
 #: ``DWGF_FUZZ_SCALE=10`` runs ten times more examples (a longer campaign than CI's).
 SCALE = max(1, int(os.environ.get("DWGF_FUZZ_SCALE", "1")))
-#: CI replays a fixed example set (reproducible runs); by hand, every run explores new inputs.
-FIXED = bool(os.environ.get("CI"))
+#: The test command replays a fixed example set, so a run is reproducible;
+#: ``DWGF_FUZZ_EXPLORE=1`` explores new inputs on every run (a fuzzing campaign by hand).
+FIXED = not os.environ.get("DWGF_FUZZ_EXPLORE")
 FAST = settings(
     max_examples=30 * SCALE,
     deadline=None,

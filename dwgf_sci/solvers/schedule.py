@@ -15,6 +15,9 @@ from ..errors import ConfigError
 
 GRIDS = ("linear", "quadratic", "snr")
 
+#: Largest grid :func:`timestep_grid` builds (a thousand times a usual 1000-step grid).
+MAX_STEPS = 1_000_000
+
 
 def timestep_grid(
     alphas_cumprod: Tensor,
@@ -26,8 +29,8 @@ def timestep_grid(
     """Descending timesteps for ``steps`` solver iterations.
 
     :param Tensor alphas_cumprod: :math:`\\bar\\alpha_t` of the prior, shape ``(T,)``.
-    :param int steps: number of grid points (>= 1). Repeated integers are allowed when
-        ``steps > t_max - t_min + 1``.
+    :param int steps: number of grid points (1 to :data:`MAX_STEPS`). Repeated integers are
+        allowed when ``steps > t_max - t_min + 1``.
     :param str kind: ``"linear"``, ``"quadratic"`` or ``"snr"``.
     :param int t_min: smallest timestep of the grid.
     :param int t_max: largest timestep (default ``T - 1``).
@@ -35,8 +38,8 @@ def timestep_grid(
     """
     n_train = int(alphas_cumprod.numel())
     t_max = n_train - 1 if t_max is None else int(t_max)
-    if steps < 1:
-        raise ConfigError(f"steps must be >= 1, found {steps}")
+    if not 1 <= steps <= MAX_STEPS:
+        raise ConfigError(f"steps must be between 1 and {MAX_STEPS:,}, found {steps}")
     if not 0 <= t_min <= t_max < n_train:
         raise ConfigError(
             f"need 0 <= t_min <= t_max < {n_train}, found t_min={t_min}, t_max={t_max}"
@@ -54,7 +57,10 @@ def timestep_grid(
         lo, hi = log_snr[t_max], log_snr[t_min]
         target = lo + (hi - lo) * (1 - u)
         # log-SNR decreases with t: find the timestep whose log-SNR is closest to each target
-        t = torch.argmin((log_snr[None, :] - target[:, None]).abs(), dim=1).double()
+        # (in chunks, so a long grid never builds a steps x T matrix at once)
+        t = torch.cat(
+            [torch.argmin((log_snr[None, :] - c[:, None]).abs(), dim=1) for c in target.split(4096)]
+        ).double()
         t = t.clamp(t_min, t_max)
     else:
         raise ConfigError(f"unknown timestep grid {kind!r}; choose one of {GRIDS}")
