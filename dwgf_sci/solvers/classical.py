@@ -151,15 +151,11 @@ class Wiener(ClassicalSolver):
         :raises ConfigError: if ``reg`` is None and no noise level is known.
         """
         lam = self.regularisation(y, physics)
-        x: Tensor | None = None
-        for value in torch.unique(lam):
-            solved = self._solve(y, physics, float(value))
-            if x is None:
-                x = solved
-            else:
-                pick = (lam == value).to(solved.device).view(-1, *[1] * (solved.dim() - 1))
-                x = torch.where(pick, solved, x)
-        assert x is not None
+        values = torch.unique(lam)
+        x = self._solve(y, physics, float(values[0]))
+        for value in values[1:]:
+            pick = (lam == value).to(x.device).view(-1, *[1] * (x.dim() - 1))
+            x = torch.where(pick, self._solve(y, physics, float(value)), x)
         return x
 
     @staticmethod
