@@ -1,0 +1,130 @@
+r"""Choose DWGF's fast preset on VALIDATION problems of the imaging benchmark.
+
+The fast preset must stay within 0.3 dB of the slow presets with at most 200 steps. Its
+settings (levels, CG iterations of the RTO likelihood step) are chosen here, on problems of the
+validation split (data seed 1001), never on the test problems that the benchmark reports. Each
+candidate is a set of keyword overrides on top of ``preset="fast"``; ``default`` runs the
+default preset itself, the yardstick (on the test problems the default preset is at or above
+the 1000-step reference preset, ``benchmarks/results/imaging/fast-vs-reference-test``).
+
+Every run appends one line to ``--out``/``runs.jsonl`` (resumable: a (task, config, index)
+already there is skipped) and the summary ``--out``/``summary.md`` is rebuilt from all lines.
+
+Usage (one process per task on a 2-core machine)::
+
+    python benchmarks/tune_dwgf_fast.py --tasks ct-20 --n 4 --threads 1
+    python benchmarks/tune_dwgf_fast.py --tasks galaxy-deconv --n 4 --threads 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from dwgf_sci.benchmark.imaging import machine_info, run_one
+from dwgf_sci.benchmark.tasks import TASKS
+from dwgf_sci.io.atomic import atomic_output
+from dwgf_sci.priors import load_prior
+
+OUT = Path(__file__).parent / "results" / "tune_dwgf_fast"
+#: name -> (method, overrides). ``dwgf-fast`` starts from the fast preset (20 levels, 3 CG).
+CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
+    "fast": ("dwgf-fast", {}),
+    "fast-cg5": ("dwgf-fast", {"cg_steps": 5}),
+    "fast-steps30": ("dwgf-fast", {"steps": 30}),
+    "fast-steps30-cg5": ("dwgf-fast", {"steps": 30, "cg_steps": 5}),
+    "fast-steps40": ("dwgf-fast", {"steps": 40}),
+    "fast-cg8": ("dwgf-fast", {"cg_steps": 8}),
+    "fast-cg10": ("dwgf-fast", {"cg_steps": 10}),
+    "fast-steps15-cg10": ("dwgf-fast", {"steps": 15, "cg_steps": 10}),
+    "default": ("dwgf", {}),
+    "default-cg10": ("dwgf", {"cg_steps": 10}),
+    "default-particles8": ("dwgf", {"particles": 8}),
+}
+
+#: The first sweep's candidates (the default of ``--configs``).
+FIRST = ("fast", "fast-cg5", "fast-steps30", "fast-steps30-cg5", "fast-steps40", "fast-cg8", "default")
+
+
+def _load(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def summary(records: list[dict[str, Any]]) -> str:
+    """Mean PSNR, chi2 and wall time per task and configuration, with the gap to ``default``."""
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    for r in records:
+        groups[(r["task"], r["config"])].append(r)
+    lines = [
+        "| task | config | settings | n | PSNR (dB) | vs default (paired, dB) | chi2 | wall (s) |",
+        "|---|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for (task, config), rs in sorted(groups.items()):
+        base = {r["index"]: r["psnr"] for r in groups.get((task, "default"), [])}
+        diffs = [r["psnr"] - base[r["index"]] for r in rs if r["index"] in base]
+        gap = f"{statistics.mean(diffs):+.2f} (n={len(diffs)})" if diffs else "-"
+        method, overrides = CONFIGS.get(config, ("?", {}))
+        settings = f"{method} {json.dumps(overrides)}" if overrides else method
+        lines.append(
+            f"| {task} | {config} | `{settings}` | {len(rs)} "
+            f"| {statistics.mean(r['psnr'] for r in rs):.2f} | {gap} "
+            f"| {statistics.mean(r['chi2'] for r in rs):.2f} "
+            f"| {statistics.mean(r['wall_s'] for r in rs):.1f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tasks", nargs="+", default=["ct-20", "galaxy-deconv"], choices=TASKS)
+    parser.add_argument("--configs", nargs="+", default=list(FIRST), choices=list(CONFIGS))
+    parser.add_argument("--n", type=int, default=4, help="validation problems per task")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--out", type=Path, default=OUT)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    args.out.mkdir(parents=True, exist_ok=True)
+    runs = args.out / "runs.jsonl"
+    done = {(r["task"], r["config"], r["index"]) for r in _load(runs)}
+    for name in args.tasks:
+        task = TASKS[name]
+        prior = load_prior(task.prior)
+        for item in task.items("validation", args.n):
+            for config in args.configs:
+                if (name, config, item.index) in done:
+                    continue
+                method, overrides = CONFIGS[config]
+                rec = run_one(item, method, prior, overrides)
+                rec.pop("_mean")
+                rec["config"] = config
+                with runs.open("a") as fh:  # one line per run: a stopped sweep loses nothing
+                    fh.write(json.dumps(rec) + "\n")
+                print(
+                    f"{name} #{item.index} {config}: {rec['psnr']:.2f} dB, "
+                    f"chi2 {rec['chi2']:.2f}, {rec['wall_s']:.1f} s",
+                    flush=True,
+                )
+    records = _load(runs)
+    info = machine_info()
+    text = (
+        "# Fast-preset candidates on validation problems\n\n"
+        f"`python benchmarks/tune_dwgf_fast.py {' '.join(sys.argv[1:])}` "
+        f"({info['platform']}, torch {info['torch']}, {args.threads} thread(s)).\n\n"
+        + summary(records)
+    )
+    with atomic_output(args.out / "summary.md", overwrite=True) as tmp:
+        Path(tmp).write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
