@@ -5,8 +5,9 @@ replays exactly those passes with nothing around them: the UNet forwards (no gra
 batches of all particles, the decoder forward + backward passes through the operator and the data
 term, and the remaining decoder/encoder forwards. The ratio of the two times is the solver's
 overhead (bookkeeping, random draws, weights, resampling, MALA tests); issue 5 asks for at most
-1.15. Both the default and the fast preset are profiled; latent DPS and PSLD run the same step
-count, to compare costs.
+1.15. The default and the fast preset are profiled, and the reference preset's gradient flow (the
+paper's algorithm: one UNet forward, one decoder and encoder forward + backward per step) at
+the same step count; latent DPS and PSLD run the same step count, to compare costs.
 
 Usage::
 
@@ -34,6 +35,7 @@ from dwgf_sci.priors.tiny import build_tiny_latent_prior
 from dwgf_sci.solvers import DWGF, PSLD, LatentDPS
 
 RESULTS = Path(__file__).parent / "results"
+DWGF_ROWS = ("dwgf", "dwgf-fast", "dwgf-reference")
 
 
 def timed(fn, repeats: int) -> float:
@@ -55,7 +57,8 @@ def bare_passes(prior, item, calls: dict[str, int], n: int, data_term) -> callab
     unet = calls.get("unet", 0) // n
     dec_bwd = calls.get("decoder_backward", 0) // n
     dec_fwd = calls.get("decoder", 0) // n - dec_bwd
-    enc = calls.get("encoder", 0) // n
+    enc_bwd = calls.get("encoder_backward", 0) // n
+    enc = calls.get("encoder", 0) // n - enc_bwd
 
     def run() -> None:
         with torch.no_grad():
@@ -66,11 +69,14 @@ def bare_passes(prior, item, calls: dict[str, int], n: int, data_term) -> callab
             img = prior.decode(z)
             for _ in range(enc):
                 prior.encode(img)
-        for _ in range(dec_bwd):
+        for i in range(dec_bwd):  # the first enc_bwd of them also through the encoder
             zz = z.detach().requires_grad_(True)
             with torch.enable_grad():
-                phi = data_term(item.physics.A(prior.from_model(prior.decode(zz))), y)
-                torch.autograd.grad(phi.sum(), zz)
+                img = prior.decode(zz)
+                phi = data_term(item.physics.A(prior.from_model(img)), y).sum()
+                if i < enc_bwd:
+                    phi = phi + (prior.encode(img) - zz).pow(2).sum()
+                torch.autograd.grad(phi, zz)
 
     return run
 
@@ -97,6 +103,12 @@ def main() -> None:
             "dwgf-fast",
             lambda: DWGF(prior, preset="fast", particles=args.particles, steps=args.steps, seed=0),
         ),
+        (
+            "dwgf-reference",
+            lambda: DWGF(
+                prior, preset="reference", particles=args.particles, steps=args.steps, seed=0
+            ),
+        ),
         ("dps", lambda: LatentDPS(prior, particles=args.particles, steps=args.steps, seed=0)),
         ("psld", lambda: PSLD(prior, particles=args.particles, steps=args.steps, seed=0)),
     ):
@@ -119,7 +131,7 @@ def main() -> None:
     by = {r["method"]: r for r in rows}
     summary = {
         f"{m}_{k}": v
-        for m in ("dwgf", "dwgf-fast")
+        for m in DWGF_ROWS
         for k, v in (
             ("overhead_ratio", by[m]["overhead_ratio"]),
             ("over_dps", by[m]["wall_s"] / by["dps"]["wall_s"]),
@@ -154,7 +166,7 @@ def main() -> None:
         calls = ", ".join(f"{k} {v:.2f}" for k, v in sorted(r["calls_per_particle_step"].items()))
         lines.append(f"| {r['method']} | {r['wall_s']:.2f} | {r['per_step_ms']:.1f} | {calls} |")
     lines.append("")
-    for m in ("dwgf", "dwgf-fast"):
+    for m in DWGF_ROWS:
         r = by[m]
         lines += [
             f"- {m}: {r['wall_s']:.2f} s against {r['bare_s']:.2f} s for the same network passes "

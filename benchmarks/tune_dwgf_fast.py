@@ -50,7 +50,15 @@ CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
 }
 
 #: The first sweep's candidates (the default of ``--configs``).
-FIRST = ("fast", "fast-cg5", "fast-steps30", "fast-steps30-cg5", "fast-steps40", "fast-cg8", "default")
+FIRST = (
+    "fast",
+    "fast-cg5",
+    "fast-steps30",
+    "fast-steps30-cg5",
+    "fast-steps40",
+    "fast-cg8",
+    "default",
+)
 
 
 def _load(path: Path) -> list[dict[str, Any]]:

@@ -19,12 +19,14 @@ levels :math:`\{i/n\} \cup \{j/m\}`, on each cell of which both quantile functio
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import Tensor
 
 from .errors import InvalidDataError, ShapeError
 
-__all__ = ["coverage", "data_range", "psnr", "sliced_wasserstein", "ssim"]
+__all__ = ["coverage", "coverage_reference", "data_range", "psnr", "sliced_wasserstein", "ssim"]
 
 
 def _as_sample_set(x: Tensor, name: str) -> Tensor:
@@ -178,3 +180,34 @@ def coverage(samples: Tensor, truth: Tensor, level: float = 0.9) -> float:
     hi = torch.quantile(samples.float(), 1 - a, dim=0)
     t = truth.reshape(lo.shape).float()
     return float(((t >= lo) & (t <= hi)).float().mean())
+
+
+@functools.lru_cache(maxsize=64)
+def coverage_reference(n_samples: int, level: float = 0.9) -> float:
+    r"""What :func:`coverage` returns, in expectation, for EXACT samples of a Gaussian posterior.
+
+    The interval of :func:`coverage` runs between empirical quantiles of ``n_samples`` draws,
+    so it is narrower than the posterior's own ``level`` interval: a perfectly calibrated
+    sampler does not reach ``level``. With truth and samples i.i.d.
+    :math:`\mathcal{N}(\mu, \sigma^2)` per pixel the result depends only on ``n_samples`` and
+    ``level`` (the interpolated quantiles are affine-equivariant), e.g. about 0.56 for 4
+    samples, 0.72 for 8 and 0.81 for 16 at ``level=0.9``. Compare a sampler's coverage with
+    this value, not with ``level``. Estimated by Monte Carlo with a fixed seed (2e5 draws,
+    standard error below 0.0012).
+
+    :param n_samples: samples per image (``>= 2``).
+    :param level: the interval's nominal probability, in (0, 1).
+    """
+    if n_samples < 2 or not 0.0 < level < 1.0:
+        raise InvalidDataError(
+            f"coverage_reference needs n_samples >= 2 and 0 < level < 1, found {n_samples}, {level}"
+        )
+    gen = torch.Generator().manual_seed(0)
+    draws, chunk = 200_000, max(1, 2_000_000 // n_samples)
+    inside = 0.0
+    for start in range(0, draws, chunk):
+        m = min(chunk, draws - start)
+        s = torch.randn(n_samples, m, generator=gen, dtype=torch.float64)
+        t = torch.randn(1, m, generator=gen, dtype=torch.float64)
+        inside += coverage(s[:, None, None, :], t, level) * m
+    return inside / draws
