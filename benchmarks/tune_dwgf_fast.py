@@ -47,6 +47,9 @@ CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
     "default": ("dwgf", {}),
     "default-cg10": ("dwgf", {"cg_steps": 10}),
     "default-particles8": ("dwgf", {"particles": 8}),
+    "default-centre": ("dwgf", {"cg_start": "centre"}),
+    "fast-centre": ("dwgf-fast", {"cg_start": "centre"}),
+    "fast-cg5-centre": ("dwgf-fast", {"cg_steps": 5, "cg_start": "centre"}),
 }
 
 #: The first sweep's candidates (the default of ``--configs``).

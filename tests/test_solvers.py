@@ -371,11 +371,12 @@ def test_bad_inputs_fail_before_any_network_call():
         DWGF(prior, optimizer="adam", temperature=1.0)
 
 
-def test_gauss_newton_rto_is_an_exact_draw_for_an_affine_map():
+@pytest.mark.parametrize("cg_start", ["current", "centre"])
+def test_gauss_newton_rto_is_an_exact_draw_for_an_affine_map(cg_start):
     # the core of the "rto" likelihood step and of the decoder-error step: for an affine map and
     # a converged CG, perturb-then-optimise draws exactly from N(u; c, v I) N(y; F(u), s^2 I)
     prior, physics, y, *_ = gaussian_problem(d=6, m=4, sigma=0.2, seed=5)
-    solver = DWGF(prior, particles=4000, seed=0)
+    solver = DWGF(prior, particles=4000, seed=0, cg_start=cg_start)
     problem = solver.prepare(y, physics)
     a = physics.A(torch.eye(6).reshape(6, 6, 1, 1)).T  # (m, d)
     centre, var = torch.full((problem.n, 6), 0.3), 0.5
@@ -398,6 +399,33 @@ def test_gauss_newton_rto_is_an_exact_draw_for_an_affine_map():
         torch.zeros(problem.n, 6), centre, var, apply, problem, 6, decoder=False, perturb=False
     )
     assert torch.allclose(m[0], mean, atol=1e-3)
+
+
+def test_cg_started_at_the_centre_is_exact_where_the_data_see_nothing():
+    # 6 unknowns, 2 measurements: a 4-dimensional null space. One CG iteration is far from
+    # converged, but started from the prior centre every iteration stays in the range of A^T, so
+    # the null-space part of the step's result is the centre's exactly; started from the
+    # current particle it is not
+    prior, physics, y, *_ = gaussian_problem(d=6, m=2, sigma=0.2, seed=6)
+    a = physics.A(torch.eye(6).reshape(6, 6, 1, 1)).T  # (m, d)
+    null = torch.eye(6) - torch.linalg.pinv(a) @ a  # projector on the null space of A
+    centre = torch.linspace(-1.0, 1.0, 6).repeat(3, 1)
+
+    def apply(u, sl):
+        return physics.A(u.reshape(-1, 6, 1, 1)).reshape(u.shape[0], -1)
+
+    gaps = {}
+    for start in ("centre", "current"):
+        solver = DWGF(prior, particles=3, seed=0, cg_start=start, line_search=1)
+        problem = solver.prepare(y, physics)
+        u, _, moved = solver._gauss_newton_rto(
+            torch.zeros(3, 6), centre, 0.5, apply, problem, 1, decoder=False, perturb=False
+        )
+        assert moved == 1.0
+        gaps[start] = float(((u - centre) @ null).abs().max())
+    assert gaps["centre"] < 1e-4 < 1e-2 < gaps["current"], gaps
+    with pytest.raises(ConfigError, match="cg_start"):
+        DWGF(prior, cg_start="middle")
 
 
 def test_decoder_error_refines_the_images_and_the_mean(tiny_latent_prior):

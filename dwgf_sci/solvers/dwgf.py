@@ -211,6 +211,7 @@ DEFAULT: dict[str, Any] = {
     "mala_start": "reference",
     "laplacian_probes": 0,
     "cg_steps": 5,
+    "cg_start": "current",
     "line_search": 3,
     "decoder_error": "auto",
     "refine_cg_steps": 10,
@@ -229,6 +230,7 @@ SMC_DEFAULTS: dict[str, Any] = {
         "mala_start",
         "laplacian_probes",
         "cg_steps",
+        "cg_start",
         "line_search",
         "decoder_error",
         "refine_cg_steps",
@@ -256,6 +258,7 @@ LIKELIHOOD_STEPS = ("auto", "exact", "rto", "mala")
 EXACT_MAX_DIM = 4096
 WEIGHT_SCHEDULES = ("constant", "score")
 INITS = ("random", "pinv")
+CG_STARTS = ("current", "centre")
 
 
 @dataclass
@@ -357,6 +360,11 @@ class DWGF(LatentSolver):
         likelihood forces small steps).
     :param int cg_steps: conjugate-gradient iterations of the ``"rto"`` likelihood step (each one
         decoder forward and one backward per particle).
+    :param str cg_start: where those iterations start: ``"current"`` (no move; directions that
+        CG has not reached keep the particle's current values) or ``"centre"`` (the move to the
+        perturbed prior centre :math:`\\tilde c`; unreached directions take the prior's draw,
+        which is exact in the directions the data do not see; one more decoder forward per
+        particle). See :meth:`_gauss_newton_rto`.
     :param int line_search: most objective evaluations of the ``"rto"`` step's backtracking.
     :param decoder_error: ``"auto"`` (the prior's measured ``decoder_sigma``; off for the flow
         scheme and for priors without one), a number :math:`\\sigma_D` (model units) or ``0``
@@ -399,6 +407,7 @@ class DWGF(LatentSolver):
         mala_start: str | None = None,
         laplacian_probes: int | None = None,
         cg_steps: int | None = None,
+        cg_start: str | None = None,
         line_search: int | None = None,
         decoder_error: str | float | None = None,
         refine_cg_steps: int | None = None,
@@ -429,6 +438,7 @@ class DWGF(LatentSolver):
             "mala_start": mala_start,
             "laplacian_probes": laplacian_probes,
             "cg_steps": cg_steps,
+            "cg_start": cg_start,
             "line_search": line_search,
             "decoder_error": decoder_error,
             "refine_cg_steps": refine_cg_steps,
@@ -466,6 +476,7 @@ class DWGF(LatentSolver):
         self.mala_start = cfg["mala_start"]
         self.laplacian_probes = int(cfg["laplacian_probes"])
         self.cg_steps = int(cfg["cg_steps"])
+        self.cg_start = str(cfg["cg_start"])
         self.line_search = int(cfg["line_search"])
         self.decoder_error = cfg["decoder_error"]
         self.refine_cg_steps = int(cfg["refine_cg_steps"])
@@ -519,6 +530,8 @@ class DWGF(LatentSolver):
                 raise ConfigError(
                     f"decoder_error must be 'auto' or a number >= 0, found {self.decoder_error!r}"
                 )
+        if self.cg_start not in CG_STARTS:
+            raise ConfigError(f"cg_start must be one of {CG_STARTS}, found {self.cg_start!r}")
         if self.refine_cg_steps < 1:
             raise ConfigError(f"refine_cg_steps must be >= 1, found {self.refine_cg_steps}")
         if self.cg_steps < 1 or self.line_search < 1:
@@ -562,6 +575,7 @@ class DWGF(LatentSolver):
             "mala_start": self.mala_start,
             "laplacian_probes": self.laplacian_probes,
             "cg_steps": self.cg_steps,
+            "cg_start": self.cg_start,
             "line_search": self.line_search,
             "decoder_error": self.decoder_error,
             "decoder_sigma": self.decoder_sigma(),
@@ -873,15 +887,24 @@ class DWGF(LatentSolver):
         + \\tfrac12\\|F(u) - \\tilde y\\|^2_{\\Sigma^{-1}}`:
         solve :math:`(I/v + J^\\top \\Sigma^{-1} J)\\,d = (\\tilde c - u_0)/v
         - J^\\top\\Sigma^{-1}(F(u_0) - \\tilde y)` by ``cg_steps`` conjugate-gradient
-        iterations, then backtrack (``line_search`` trials, step x 1/4 each) until the objective
-        decreases; a row whose step never does stays put. For an affine :math:`F` and a
+        iterations (from :math:`d_0 = 0`, or with ``cg_start="centre"`` from
+        :math:`d_0 = \\tilde c - u_0`), then backtrack (``line_search`` trials, step x 1/4 each)
+        until the objective decreases; a row whose step never does stays put. For an affine :math:`F` and a
         converged CG this is an exact draw. :math:`\\Sigma` is the noise covariance
         (:meth:`_noise_variance`).
 
         :math:`J = \\partial F/\\partial u` at :math:`u_0` is never formed: one forward with graph
         at :math:`u_0` gives :math:`J^\\top w` by backward passes through it, and :math:`J d` is a
         forward difference. Per row: ``cg_steps + 1`` backward passes and ``cg_steps + 1`` to
-        ``cg_steps + line_search + 1`` forwards.
+        ``cg_steps + line_search + 1`` forwards (one more with ``cg_start="centre"``).
+
+        Started from :math:`d_0 = \\tilde c - u_0`, the first residual
+        :math:`-J^\\top\\Sigma^{-1}(F(u_0) + J d_0 - \\tilde y)` lies in the range of
+        :math:`J^\\top`, which :math:`I/v + J^\\top\\Sigma^{-1}J` maps into itself: every
+        iteration then works on the directions the data see, and the others keep the prior's
+        draw :math:`\\tilde c`, their exact conditional value. From :math:`d_0 = 0` they move
+        only as far as the Krylov space reaches, and keep the current particle's values
+        otherwise.
 
         ``perturb=False`` skips the perturbations: the step then moves towards the conditional
         mode (for an affine :math:`F`, the conditional mean).
@@ -922,10 +945,14 @@ class DWGF(LatentSolver):
             h = h / d.norm(dim=1, keepdim=True).clamp_min(1e-30)
             return (measure(x_c + h * d) - ax_c) / h
 
-        # batched conjugate gradients, one system per row
-        b = (target - x_c) / var - jt((ax_c - y_pert) / noise_var)
-        d = torch.zeros_like(b)
-        r, p = b.clone(), b.clone()
+        # batched conjugate gradients, one system M d = b per row, M = I/v + J^T S^-1 J
+        if self.cg_start == "centre":  # d0 = c~ - u0: r0 = b - M d0 = -J^T S^-1 (F(u0) + J d0 - y~)
+            d = target - x_c
+            r = -jt((ax_c + jd(d) - y_pert) / noise_var)
+        else:
+            d = torch.zeros_like(x_c)
+            r = (target - x_c) / var - jt((ax_c - y_pert) / noise_var)
+        p = r.clone()
         rr = r.pow(2).sum(1, keepdim=True)
         for _ in range(cg_steps):
             q = p / var + jt(jd(p) / noise_var)
