@@ -34,22 +34,42 @@ from dwgf_sci.io.atomic import atomic_output
 from dwgf_sci.priors import load_prior
 
 OUT = Path(__file__).parent / "results" / "tune_dwgf_fast"
-#: name -> (method, overrides). ``dwgf-fast`` starts from the fast preset (20 levels, 3 CG).
+#: The fast preset before this sweep, as overrides of the default preset.
+FAST_BEFORE: dict[str, Any] = {
+    "steps": 20,
+    "cg_steps": 3,
+    "mala_steps": 1,
+    "mala_start": "previous",
+}
+#: name -> (method, overrides of the default preset). Every candidate names ``cg_start``, which
+#: the default preset changed (``"current"`` until this sweep chose ``"centre"``), so that each
+#: line keeps meaning what was run.
 CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
-    "fast": ("dwgf-fast", {}),
-    "fast-cg5": ("dwgf-fast", {"cg_steps": 5}),
-    "fast-steps30": ("dwgf-fast", {"steps": 30}),
-    "fast-steps30-cg5": ("dwgf-fast", {"steps": 30, "cg_steps": 5}),
-    "fast-steps40": ("dwgf-fast", {"steps": 40}),
-    "fast-cg8": ("dwgf-fast", {"cg_steps": 8}),
-    "fast-cg10": ("dwgf-fast", {"cg_steps": 10}),
-    "fast-steps15-cg10": ("dwgf-fast", {"steps": 15, "cg_steps": 10}),
-    "default": ("dwgf", {}),
-    "default-cg10": ("dwgf", {"cg_steps": 10}),
-    "default-particles8": ("dwgf", {"particles": 8}),
+    "fast": ("dwgf", {**FAST_BEFORE, "cg_start": "current"}),
+    "fast-cg5": ("dwgf", {**FAST_BEFORE, "cg_steps": 5, "cg_start": "current"}),
+    "fast-steps30": ("dwgf", {**FAST_BEFORE, "steps": 30, "cg_start": "current"}),
+    "fast-steps30-cg5": (
+        "dwgf",
+        {**FAST_BEFORE, "steps": 30, "cg_steps": 5, "cg_start": "current"},
+    ),
+    "fast-steps40": ("dwgf", {**FAST_BEFORE, "steps": 40, "cg_start": "current"}),
+    "fast-cg8": ("dwgf", {**FAST_BEFORE, "cg_steps": 8, "cg_start": "current"}),
+    "fast-cg10": ("dwgf", {**FAST_BEFORE, "cg_steps": 10, "cg_start": "current"}),
+    "fast-steps15-cg10": (
+        "dwgf",
+        {**FAST_BEFORE, "steps": 15, "cg_steps": 10, "cg_start": "current"},
+    ),
+    "default": ("dwgf", {"cg_start": "current"}),
+    "default-cg10": ("dwgf", {"cg_steps": 10, "cg_start": "current"}),
+    "default-particles8": ("dwgf", {"particles": 8, "cg_start": "current"}),
     "default-centre": ("dwgf", {"cg_start": "centre"}),
-    "fast-centre": ("dwgf-fast", {"cg_start": "centre"}),
-    "fast-cg5-centre": ("dwgf-fast", {"cg_steps": 5, "cg_start": "centre"}),
+    "fast-centre": ("dwgf", {**FAST_BEFORE, "cg_start": "centre"}),
+    "fast-cg5-centre": ("dwgf", {**FAST_BEFORE, "cg_steps": 5, "cg_start": "centre"}),
+    "fast-cg8-centre": ("dwgf", {**FAST_BEFORE, "cg_steps": 8, "cg_start": "centre"}),
+    "fast-steps30-cg5-centre": (
+        "dwgf",
+        {**FAST_BEFORE, "steps": 30, "cg_steps": 5, "cg_start": "centre"},
+    ),
 }
 
 #: The first sweep's candidates (the default of ``--configs``).

@@ -80,14 +80,26 @@ def test_rto_step_in_the_smc_scheme_and_a_truncated_cg():
     sd = cov.diagonal().sqrt().double()
     assert float(((s.mean(0) - mean.double()) / sd).pow(2).mean().sqrt()) < 0.25
     assert 0.7 < float((s.var(0) / cov.diagonal().double()).mean()) < 1.4
-    # a single CG iteration is not converged: the draws are further from the posterior
-    one = DWGF(
-        prior, particles=256, steps=40, scheme="gibbs", likelihood_step="rto", cg_steps=1, seed=4
-    )(y, physics)
-    s1 = one.samples.flatten(1).double()
-    err1 = float(((s1.mean(0) - mean.double()) / sd).pow(2).mean().sqrt())
-    var1 = float((s1.var(0) / cov.diagonal().double()).mean())
-    assert err1 > 0.25 or not 0.7 < var1 < 1.4
+    # a single CG iteration is not converged. Started from the current particle the draws are
+    # then further from the posterior; started from the prior centre (the default) the
+    # directions CG has not reached take the prior's draw, and over 40 levels the chain still
+    # lands on the posterior
+    for start in ("current", "centre"):
+        one = DWGF(
+            prior,
+            particles=256,
+            steps=40,
+            scheme="gibbs",
+            likelihood_step="rto",
+            cg_steps=1,
+            cg_start=start,
+            seed=4,
+        )(y, physics)
+        s1 = one.samples.flatten(1).double()
+        err1 = float(((s1.mean(0) - mean.double()) / sd).pow(2).mean().sqrt())
+        var1 = float((s1.var(0) / cov.diagonal().double()).mean())
+        close = err1 < 0.25 and 0.7 < var1 < 1.4
+        assert close == (start == "centre"), (start, err1, var1)
 
 
 def test_scheme_auto_and_rto_needs_a_gaussian_data_term(tiny_latent_prior):
@@ -122,9 +134,15 @@ def test_default_preset_fits_the_data_with_a_learned_decoder(tiny_latent_prior):
     post = DWGF(prior, particles=2, steps=8, seed=0)(y, physics)
     assert post.settings["scheme"] == "auto" and torch.isfinite(post.samples).all()
     first, last = post.history[0]["data"], post.history[-1]["data"]
-    assert last < 0.2 * first, (first, last)
+    assert last < 0.6 * first, (first, last)
     per_level = post.calls["unet"] / 8
     assert per_level == 2  # one UNet forward per particle and level
+    # this untrained network's prior centres are noise and its decoder is far from linear over
+    # the large moves to them: the CG started at the current particle accumulates the data fit
+    # over the levels instead of restarting it at each prior draw
+    current = DWGF(prior, particles=2, steps=8, seed=0, cg_start="current")(y, physics)
+    first, last = current.history[0]["data"], current.history[-1]["data"]
+    assert torch.isfinite(current.samples).all() and last < 0.2 * first, (first, last)
 
 
 def test_smc_weight_increment_is_exact_for_unit_gaussian_data():
