@@ -243,10 +243,11 @@ SMC_DEFAULTS: dict[str, Any] = {
 #: The default preset, cheaper: 20 levels and 8 CG iterations per RTO step (for non-Gaussian
 #: data terms one MALA step per level, started from the current particle); about half the
 #: default's time. Chosen on validation problems (``benchmarks/tune_dwgf_fast.py``, 4 problems
-#: per task; 3 for limited-angle CT): mean PSNR 44.96 / 33.40 / 30.09 dB on galaxy
-#: deconvolution / 20-view CT / limited-angle CT, against 44.77 / 33.61 / 31.55 for the default
-#: preset. The previous fast preset (3 CG iterations from the current particle) had 44.61 /
-#: 32.09 / 24.76. The exact-likelihood path (affine decoders) is the default's with 20 levels.
+#: per task; 3 for limited-angle CT), in dB against the previous default preset (CG from the
+#: current particle) on galaxy deconvolution / 20-view CT / limited-angle CT: -0.09 / -0.38 /
+#: +1.11; the default preset -0.28 / -0.17 / +2.57; the previous fast preset (3 CG iterations
+#: from the current particle) -0.44 / -1.69 / -4.23. The exact-likelihood path (affine
+#: decoders) is the default's with 20 levels.
 FAST: dict[str, Any] = {
     **DEFAULT,
     "steps": 20,
