@@ -58,36 +58,27 @@ FAST_BEFORE: dict[str, Any] = {
     "mala_steps": 1,
     "mala_start": "previous",
 }
-#: name -> (method, overrides of the default preset). Every candidate names ``cg_start``, which
-#: the default preset changed (``"current"`` until this sweep chose ``"centre"``), so that each
-#: line keeps meaning what was run.
-CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
-    "fast": ("dwgf", {**FAST_BEFORE, "cg_start": "current"}),
-    "fast-cg5": ("dwgf", {**FAST_BEFORE, "cg_steps": 5, "cg_start": "current"}),
-    "fast-steps30": ("dwgf", {**FAST_BEFORE, "steps": 30, "cg_start": "current"}),
-    "fast-steps30-cg5": (
-        "dwgf",
-        {**FAST_BEFORE, "steps": 30, "cg_steps": 5, "cg_start": "current"},
-    ),
-    "fast-steps40": ("dwgf", {**FAST_BEFORE, "steps": 40, "cg_start": "current"}),
-    "fast-cg8": ("dwgf", {**FAST_BEFORE, "cg_steps": 8, "cg_start": "current"}),
-    "fast-cg10": ("dwgf", {**FAST_BEFORE, "cg_steps": 10, "cg_start": "current"}),
-    "fast-steps15-cg10": (
-        "dwgf",
-        {**FAST_BEFORE, "steps": 15, "cg_steps": 10, "cg_start": "current"},
-    ),
-    "default": ("dwgf", {"cg_start": "current"}),
-    "default-cg10": ("dwgf", {"cg_steps": 10, "cg_start": "current"}),
-    "default-particles8": ("dwgf", {"particles": 8, "cg_start": "current"}),
-    "default-centre": ("dwgf", {"cg_start": "centre"}),
-    "default-cg8-centre": ("dwgf", {"cg_steps": 8, "cg_start": "centre"}),
-    "fast-centre": ("dwgf", {**FAST_BEFORE, "cg_start": "centre"}),
-    "fast-cg5-centre": ("dwgf", {**FAST_BEFORE, "cg_steps": 5, "cg_start": "centre"}),
-    "fast-cg8-centre": ("dwgf", {**FAST_BEFORE, "cg_steps": 8, "cg_start": "centre"}),
-    "fast-steps30-cg5-centre": (
-        "dwgf",
-        {**FAST_BEFORE, "steps": 30, "cg_steps": 5, "cg_start": "centre"},
-    ),
+#: name -> keyword overrides of the default preset (every candidate runs ``DWGF``). Every
+#: candidate names ``cg_start``, which the default preset changed (``"current"`` until this
+#: sweep chose ``"centre"``), so that each line keeps meaning what was run.
+CONFIGS: dict[str, dict[str, Any]] = {
+    "fast": {**FAST_BEFORE, "cg_start": "current"},
+    "fast-cg5": {**FAST_BEFORE, "cg_steps": 5, "cg_start": "current"},
+    "fast-steps30": {**FAST_BEFORE, "steps": 30, "cg_start": "current"},
+    "fast-steps30-cg5": {**FAST_BEFORE, "steps": 30, "cg_steps": 5, "cg_start": "current"},
+    "fast-steps40": {**FAST_BEFORE, "steps": 40, "cg_start": "current"},
+    "fast-cg8": {**FAST_BEFORE, "cg_steps": 8, "cg_start": "current"},
+    "fast-cg10": {**FAST_BEFORE, "cg_steps": 10, "cg_start": "current"},
+    "fast-steps15-cg10": {**FAST_BEFORE, "steps": 15, "cg_steps": 10, "cg_start": "current"},
+    "default": {"cg_start": "current"},
+    "default-cg10": {"cg_steps": 10, "cg_start": "current"},
+    "default-particles8": {"particles": 8, "cg_start": "current"},
+    "default-centre": {"cg_start": "centre"},
+    "default-cg8-centre": {"cg_steps": 8, "cg_start": "centre"},
+    "fast-centre": {**FAST_BEFORE, "cg_start": "centre"},
+    "fast-cg5-centre": {**FAST_BEFORE, "cg_steps": 5, "cg_start": "centre"},
+    "fast-cg8-centre": {**FAST_BEFORE, "cg_steps": 8, "cg_start": "centre"},
+    "fast-steps30-cg5-centre": {**FAST_BEFORE, "steps": 30, "cg_steps": 5, "cg_start": "centre"},
 }
 
 #: The first sweep's candidates (the default of ``--configs``).
@@ -121,8 +112,7 @@ def summary(records: list[dict[str, Any]]) -> str:
         base = {r["index"]: r["psnr"] for r in groups.get((task, "default"), [])}
         diffs = [r["psnr"] - base[r["index"]] for r in rs if r["index"] in base]
         gap = f"{statistics.mean(diffs):+.2f} (n={len(diffs)})" if diffs else "-"
-        method, overrides = CONFIGS.get(config, ("?", {}))
-        settings = f"{method} {json.dumps(overrides)}" if overrides else method
+        settings = f"dwgf {json.dumps(CONFIGS.get(config, {}))}"
         lines.append(
             f"| {task} | {config} | `{settings}` | {len(rs)} "
             f"| {statistics.mean(r['psnr'] for r in rs):.2f} | {gap} "
@@ -151,8 +141,7 @@ def main(argv: list[str] | None = None) -> None:
             for config in args.configs:
                 if (name, config, item.index) in done:
                     continue
-                method, overrides = CONFIGS[config]
-                rec = run_one(item, method, prior, overrides)
+                rec = run_one(item, "dwgf", prior, CONFIGS[config])
                 rec.pop("_mean")
                 rec["config"] = config
                 with runs.open("a") as fh:  # one line per run: a stopped sweep loses nothing
