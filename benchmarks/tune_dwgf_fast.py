@@ -79,6 +79,9 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "fast-cg5-centre": {**FAST_BEFORE, "cg_steps": 5, "cg_start": "centre"},
     "fast-cg8-centre": {**FAST_BEFORE, "cg_steps": 8, "cg_start": "centre"},
     "fast-steps30-cg5-centre": {**FAST_BEFORE, "steps": 30, "cg_steps": 5, "cg_start": "centre"},
+    "default-recycle": {"cg_start": "recycle", "cg_memory": 4},
+    "default-recycle-m10": {"cg_start": "recycle", "cg_memory": 10},
+    "fast-cg8-recycle": {**FAST_BEFORE, "cg_steps": 8, "cg_start": "recycle", "cg_memory": 4},
 }
 
 #: The first sweep's candidates (the default of ``--configs``).

@@ -216,6 +216,7 @@ DEFAULT: dict[str, Any] = {
     "laplacian_probes": 0,
     "cg_steps": 5,
     "cg_start": "centre",
+    "cg_memory": 4,
     "line_search": 3,
     "decoder_error": "auto",
     "refine_cg_steps": 10,
@@ -235,6 +236,7 @@ SMC_DEFAULTS: dict[str, Any] = {
         "laplacian_probes",
         "cg_steps",
         "cg_start",
+        "cg_memory",
         "line_search",
         "decoder_error",
         "refine_cg_steps",
@@ -265,7 +267,7 @@ LIKELIHOOD_STEPS = ("auto", "exact", "rto", "mala")
 EXACT_MAX_DIM = 4096
 WEIGHT_SCHEDULES = ("constant", "score")
 INITS = ("random", "pinv")
-CG_STARTS = ("current", "centre")
+CG_STARTS = ("current", "centre", "recycle")
 
 
 @dataclass
@@ -284,7 +286,8 @@ class SMCState:
     ``z`` are the particles :math:`u` (flattened latents, ``(n, dim)``), ``log_w`` their
     log-weights ``(batch, particles)``; ``gauss`` holds the exact Gaussian step's
     eigendecomposition, ``phi``/``grad`` the data term and its gradient at ``z`` (MALA) and
-    ``eta`` the MALA step-size factor per measurement.
+    ``eta`` the MALA step-size factor per measurement; ``basis`` the previous RTO step's search
+    directions and their images under :math:`J` (``cg_start="recycle"``).
     """
 
     z: Tensor
@@ -297,6 +300,52 @@ class SMCState:
     curv: Tensor | None = None
     mode: str = "mala"
     resamples: int = 0
+    basis: RecycledBasis | None = None
+
+
+@dataclass
+class RecycledBasis:
+    """Search directions kept from earlier RTO steps (``cg_start="recycle"``), per row: unit
+    vectors :math:`W` ``(n, k, dim)``, their images :math:`JW` ``(n, k, m)`` and
+    :math:`J^\\top\\Sigma^{-1}JW` ``(n, k, dim)``, all under the linearisation of the step that
+    found them."""
+
+    w: Tensor
+    jw: Tensor
+    g: Tensor
+
+    @classmethod
+    def from_directions(cls, found: list[tuple[Tensor, Tensor, Tensor]]) -> RecycledBasis:
+        """Stack ``(p, J p, J^T S^-1 J p)`` triples, scaled to unit :math:`\\|p\\|`."""
+        w, jw, g = (torch.stack(parts, 1) for parts in zip(*found, strict=True))
+        scale = 1.0 / w.norm(dim=2, keepdim=True).clamp_min(1e-30)
+        return cls(w * scale, jw * scale, g * scale)
+
+    def select(self, rows: Tensor) -> RecycledBasis:
+        return RecycledBasis(self.w[rows], self.jw[rows], self.g[rows])
+
+    def extend(self, newer: RecycledBasis, keep: int) -> RecycledBasis:
+        """The last ``keep`` directions of this basis followed by ``newer``."""
+        pairs = ((self.w, newer.w), (self.jw, newer.jw), (self.g, newer.g))
+        return RecycledBasis(*(torch.cat(pair, 1)[:, -keep:] for pair in pairs))
+
+    def galerkin(self, weighted_resid: Tensor, var: float) -> tuple[Tensor, Any]:
+        """Galerkin correction :math:`W c` of the RTO objective over the span of :math:`W`, and
+        the deflation that keeps CG directions :math:`M`-conjugate to :math:`W`
+        (:math:`M = I/v + J^\\top\\Sigma^{-1}J`, with the stored, possibly stale, products).
+
+        ``weighted_resid`` is :math:`\\Sigma^{-1}(F(u_0) + J d_0 - \\tilde y)`. A pseudo-inverse
+        drops (nearly) dependent directions."""
+        mw = self.w / var + self.g
+        gram = self.w @ mw.transpose(1, 2)
+        inv = torch.linalg.pinv(0.5 * (gram + gram.transpose(1, 2)), rtol=1e-6, hermitian=True)
+        coef = inv @ -(self.jw @ weighted_resid.unsqueeze(2))
+        shift = (self.w.transpose(1, 2) @ coef).squeeze(2)
+
+        def deflate(v: Tensor) -> Tensor:
+            return v - (self.w.transpose(1, 2) @ (inv @ (mw @ v.unsqueeze(2)))).squeeze(2)
+
+        return shift, deflate
 
 
 def _real_flat(t: Tensor) -> Tensor:
@@ -376,7 +425,14 @@ class DWGF(LatentSolver):
         within 0.3 dB elsewhere; on 20 galaxy-deconvolution test problems, though, it was
         1.14 dB below ``"current"`` (README, benchmark results). ``"current"`` accumulates the
         data fit over the levels instead of restarting it from each prior draw; it fits better
-        with an untrained or strongly nonlinear decoder and very few levels.
+        with an untrained or strongly nonlinear decoder and very few levels. ``"recycle"``
+        starts from the centre plus the best correction in the span of the search directions
+        of the last ``cg_memory`` levels, and keeps the new directions conjugate to them
+        (deflated CG, Saad et al. 2000, with the products stored when the directions were
+        found; no further network pass but one decoder forward): the data fit carries over
+        the levels as from ``"current"``, and unreached directions still take the prior's
+        draw as from ``"centre"``.
+    :param int cg_memory: levels whose CG directions ``"recycle"`` keeps.
     :param int line_search: most objective evaluations of the ``"rto"`` step's backtracking.
     :param decoder_error: ``"auto"`` (the prior's measured ``decoder_sigma``; off for the flow
         scheme and for priors without one), a number :math:`\\sigma_D` (model units) or ``0``
@@ -420,6 +476,7 @@ class DWGF(LatentSolver):
         laplacian_probes: int | None = None,
         cg_steps: int | None = None,
         cg_start: str | None = None,
+        cg_memory: int | None = None,
         line_search: int | None = None,
         decoder_error: str | float | None = None,
         refine_cg_steps: int | None = None,
@@ -451,6 +508,7 @@ class DWGF(LatentSolver):
             "laplacian_probes": laplacian_probes,
             "cg_steps": cg_steps,
             "cg_start": cg_start,
+            "cg_memory": cg_memory,
             "line_search": line_search,
             "decoder_error": decoder_error,
             "refine_cg_steps": refine_cg_steps,
@@ -489,6 +547,7 @@ class DWGF(LatentSolver):
         self.laplacian_probes = int(cfg["laplacian_probes"])
         self.cg_steps = int(cfg["cg_steps"])
         self.cg_start = str(cfg["cg_start"])
+        self.cg_memory = int(cfg["cg_memory"])
         self.line_search = int(cfg["line_search"])
         self.decoder_error = cfg["decoder_error"]
         self.refine_cg_steps = int(cfg["refine_cg_steps"])
@@ -544,6 +603,8 @@ class DWGF(LatentSolver):
                 )
         if self.cg_start not in CG_STARTS:
             raise ConfigError(f"cg_start must be one of {CG_STARTS}, found {self.cg_start!r}")
+        if self.cg_memory < 1:
+            raise ConfigError(f"cg_memory must be >= 1, found {self.cg_memory}")
         if self.refine_cg_steps < 1:
             raise ConfigError(f"refine_cg_steps must be >= 1, found {self.refine_cg_steps}")
         if self.cg_steps < 1 or self.line_search < 1:
@@ -588,6 +649,7 @@ class DWGF(LatentSolver):
             "laplacian_probes": self.laplacian_probes,
             "cg_steps": self.cg_steps,
             "cg_start": self.cg_start,
+            "cg_memory": self.cg_memory,
             "line_search": self.line_search,
             "decoder_error": self.decoder_error,
             "decoder_sigma": self.decoder_sigma(),
@@ -859,6 +921,8 @@ class DWGF(LatentSolver):
         state.z = state.z[flat]
         if state.phi is not None and state.grad is not None:
             state.phi, state.grad = state.phi[flat], state.grad[flat]
+        if state.basis is not None:
+            state.basis = state.basis.select(flat)
         state.log_w = torch.where(mask, torch.zeros_like(state.log_w), state.log_w)
         state.resamples += int(which.sum())
         return flat
@@ -872,10 +936,19 @@ class DWGF(LatentSolver):
         def apply(u: Tensor, sl: slice) -> Tensor:
             return _real_flat(problem.physics.A(self.render(u.reshape(-1, *shape))))
 
-        new, phi, moved = self._gauss_newton_rto(
-            state.z.detach(), centre, var, apply, problem, self.cg_steps, decoder=True
+        new, phi, moved, basis = self._gauss_newton_rto(
+            state.z.detach(),
+            centre,
+            var,
+            apply,
+            problem,
+            self.cg_steps,
+            decoder=True,
+            basis=state.basis,
         )
         state.z, state.phi = new, phi
+        if self.cg_start == "recycle":
+            state.basis = basis
         return moved
 
     def _gauss_newton_rto(
@@ -888,7 +961,8 @@ class DWGF(LatentSolver):
         cg_steps: int,
         decoder: bool,
         perturb: bool = True,
-    ) -> tuple[Tensor, Tensor, float]:
+        basis: RecycledBasis | None = None,
+    ) -> tuple[Tensor, Tensor, float, RecycledBasis]:
         """One randomise-then-optimise draw of :math:`u \\propto \\mathcal{N}(u; c, v I)\\,
         L(F(u))` per row, for a differentiable map :math:`F` (``apply(u, rows)``, flattened real
         measurements of the rows ``u``).
@@ -918,11 +992,21 @@ class DWGF(LatentSolver):
         only as far as the Krylov space reaches, and keep the current particle's values
         otherwise.
 
+        ``cg_start="recycle"`` starts from the centre too, shifted by the best correction in the
+        span of ``basis`` :math:`W` (the previous step's search directions and shift, with their
+        images :math:`JW` under the previous linearisation): the Galerkin solution
+        :math:`\\delta = W c`, :math:`(W^\\top W/v + (JW)^\\top\\Sigma^{-1}JW)\\,c =
+        -(JW)^\\top\\Sigma^{-1}(F(u_0) + J(\\tilde c - u_0) - \\tilde y)`, a
+        :math:`k \\times k` solve per row (one more forward, for :math:`J\\delta`). The data-fit
+        directions found at earlier levels are kept (as from the current particle) while the
+        directions the data do not see still take the prior's draw (as from the centre): for an
+        affine :math:`F` the previous directions lie in the range of :math:`J^\\top`.
+
         ``perturb=False`` skips the perturbations: the step then moves towards the conditional
         mode (for an affine :math:`F`, the conditional mean).
 
-        :return: the new rows, their data term :math:`\\Phi` (unperturbed data) and the
-            fraction of rows that moved.
+        :return: the new rows, their data term :math:`\\Phi` (unperturbed data), the
+            fraction of rows that moved and this step's basis for ``cg_start="recycle"``.
         """
         n = x_c.shape[0]
         target = centre
@@ -958,21 +1042,36 @@ class DWGF(LatentSolver):
             return (measure(x_c + h * d) - ax_c) / h
 
         # batched conjugate gradients, one system M d = b per row, M = I/v + J^T S^-1 J
-        if self.cg_start == "centre":  # d0 = c~ - u0: r0 = b - M d0 = -J^T S^-1 (F(u0) + J d0 - y~)
-            d = target - x_c
-            r = -jt((ax_c + jd(d) - y_pert) / noise_var)
-        else:
+        found: list[tuple[Tensor, Tensor, Tensor]] = []  # (p, J p, J^T S^-1 J p) per iteration
+        deflate = None
+        if self.cg_start == "current":
             d = torch.zeros_like(x_c)
             r = (target - x_c) / var - jt((ax_c - y_pert) / noise_var)
-        p = r.clone()
+        else:  # d0 = c~ - u0 (+ W c): r0 = b - M d0 = -J^T S^-1 (F(u0) + J d0 - y~) (- W c / v)
+            d = target - x_c
+            jd0 = jd(d)
+            shift = None
+            if self.cg_start == "recycle" and basis is not None and basis.w.shape[0] == n:
+                shift, deflate = basis.galerkin((ax_c + jd0 - y_pert) / noise_var, var)
+                d, jd0 = d + shift, jd0 + jd(shift)
+            r = -jt((ax_c + jd0 - y_pert) / noise_var)
+            if shift is not None:
+                r = r - shift / var
+        p = r if deflate is None else deflate(r)
         rr = r.pow(2).sum(1, keepdim=True)
         for _ in range(cg_steps):
-            q = p / var + jt(jd(p) / noise_var)
-            alpha = rr / (p * q).sum(1, keepdim=True).clamp_min(1e-30)
+            jp = jd(p)
+            gp = jt(jp / noise_var)
+            found.append((p, jp, gp))
+            q = p / var + gp
+            # the minimiser along p: p.r = r.r in plain CG, not when deflated with stale products
+            pr = rr if deflate is None else (p * r).sum(1, keepdim=True)
+            alpha = pr / (p * q).sum(1, keepdim=True).clamp_min(1e-30)
             d = d + alpha * p
             r = r - alpha * q
             rr_new = r.pow(2).sum(1, keepdim=True)
-            p = r + (rr_new / rr.clamp_min(1e-30)) * p
+            beta = rr_new / rr.clamp_min(1e-30)
+            p = (r if deflate is None else deflate(r)) + beta * p
             rr = rr_new
 
         def objective(x: Tensor, ax: Tensor) -> Tensor:
@@ -993,7 +1092,10 @@ class DWGF(LatentSolver):
                 break
             frac *= 0.25
         phi = 0.5 * ((ax_new - y).pow(2) / noise_var).sum(1)
-        return new, phi, float((~todo).to(torch.float64).mean())
+        fresh = RecycledBasis.from_directions(found)
+        if basis is not None and self.cg_start == "recycle" and basis.w.shape[0] == n:
+            fresh = basis.extend(fresh, self.cg_memory * cg_steps)
+        return new, phi, float((~todo).to(torch.float64).mean()), fresh
 
     def finalize_images(
         self, x: Tensor, z: Tensor, problem: Problem
@@ -1022,7 +1124,7 @@ class DWGF(LatentSolver):
         zero = torch.zeros_like(base)
         images = []
         for perturb in (True, False):
-            e, _, _ = self._gauss_newton_rto(
+            e, *_ = self._gauss_newton_rto(
                 zero, zero, sigma_d**2, apply, problem, self.refine_cg_steps, False, perturb
             )
             with torch.no_grad():
