@@ -79,9 +79,10 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "fast-cg5-centre": {**FAST_BEFORE, "cg_steps": 5, "cg_start": "centre"},
     "fast-cg8-centre": {**FAST_BEFORE, "cg_steps": 8, "cg_start": "centre"},
     "fast-steps30-cg5-centre": {**FAST_BEFORE, "steps": 30, "cg_steps": 5, "cg_start": "centre"},
-    "default-recycle": {"cg_start": "recycle", "cg_memory": 4},
-    "default-recycle-m10": {"cg_start": "recycle", "cg_memory": 10},
-    "fast-cg8-recycle": {**FAST_BEFORE, "cg_steps": 8, "cg_start": "recycle", "cg_memory": 4},
+    "default-switch1": {"cg_start": "switch", "cg_switch": 1.0},
+    "default-switch3": {"cg_start": "switch", "cg_switch": 3.0},
+    "default-switch3-avg10": {"cg_start": "switch", "cg_switch": 3.0, "average_levels": 10},
+    "default-switch1-avg10": {"cg_start": "switch", "cg_switch": 1.0, "average_levels": 10},
 }
 
 #: The first sweep's candidates (the default of ``--configs``).
@@ -115,7 +116,7 @@ def summary(records: list[dict[str, Any]]) -> str:
         base = {r["index"]: r["psnr"] for r in groups.get((task, "default"), [])}
         diffs = [r["psnr"] - base[r["index"]] for r in rs if r["index"] in base]
         gap = f"{statistics.mean(diffs):+.2f} (n={len(diffs)})" if diffs else "-"
-        settings = f"dwgf {json.dumps(CONFIGS.get(config, {}))}"
+        settings = f"dwgf {json.dumps(rs[0]['params'])}"  # as run
         lines.append(
             f"| {task} | {config} | `{settings}` | {len(rs)} "
             f"| {statistics.mean(r['psnr'] for r in rs):.2f} | {gap} "
