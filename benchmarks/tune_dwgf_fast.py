@@ -83,6 +83,8 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "default-switch3": {"cg_start": "switch", "cg_switch": 3.0},
     "default-switch3-avg10": {"cg_start": "switch", "cg_switch": 3.0, "average_levels": 10},
     "default-switch1-avg10": {"cg_start": "switch", "cg_switch": 1.0, "average_levels": 10},
+    "fast-cg8-switch3": {**FAST_BEFORE, "cg_steps": 8, "cg_start": "switch", "cg_switch": 3.0},
+    "fast-cg8-switch1": {**FAST_BEFORE, "cg_steps": 8, "cg_start": "switch", "cg_switch": 1.0},
 }
 
 #: The first sweep's candidates (the default of ``--configs``).

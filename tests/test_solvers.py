@@ -526,33 +526,3 @@ def test_posterior_mean_override_is_checked():
     with pytest.raises(ValueError, match="mean"):
         Posterior(s, mean=torch.zeros(1, 4, 4))
 
-
-def test_chain_average_estimates_the_posterior_mean_better_than_the_last_levels_particles():
-    # the Gibbs chain keeps the posterior invariant (exactly here: unit Gaussian prior, affine
-    # decoder, converged RTO), so averaging each particle over the last levels is an MCMC
-    # estimate of the posterior mean with far less noise than 4 final particles; the samples
-    # themselves stay the final particles
-    prior, physics, y, mean, cov = gaussian_problem(d=8, m=4, sigma=0.3, seed=2)
-    sd = cov.diagonal().sqrt()
-    errors = {}
-    for k in (0, 20):
-        err = []
-        for seed in range(6):
-            post = DWGF(
-                prior,
-                particles=4,
-                steps=40,
-                scheme="gibbs",
-                likelihood_step="rto",
-                cg_steps=8,
-                average_levels=k,
-                seed=seed,
-            )(y, physics)
-            err.append(float(((post.mean.flatten() - mean) / sd).pow(2).mean()))
-            if k:
-                assert post.calls["decoder"] > 0 and post.n_samples == 4
-        errors[k] = sum(err) / len(err)
-    # 4 particles: E err ~ 1/4; averaged over 20 correlated levels: several times smaller
-    assert errors[20] < 0.5 * errors[0], errors
-    with pytest.raises(ConfigError, match="average_levels"):
-        DWGF(prior, average_levels=-1)

@@ -151,20 +151,13 @@ class LatentSolver(Reconstructor):
         """Latents ``(batch * particles, c, h, w)`` to decode into the samples."""
         raise NotImplementedError
 
-    def chain_average(self, state: Any, problem: Problem) -> Tensor | None:
-        """Each particle's image averaged over the last steps of the chain (physical units,
-        shaped like the samples), if the solver keeps one; it then estimates the posterior
-        mean instead of the final samples. Here: none."""
-        return None
-
     def finalize_images(
-        self, x: Tensor, z: Tensor, problem: Problem, averaged: Tensor | None = None
+        self, x: Tensor, z: Tensor, problem: Problem
     ) -> tuple[Tensor, Tensor | None]:
         """Last touch on the decoded samples ``x`` (physical units): the samples and, if the
         solver has them, each sample's conditional mean (averaged into the posterior mean
-        instead of the samples). ``averaged`` is :meth:`chain_average`. Here: ``x``
-        unchanged, and the chain averages (if any) as the conditional means."""
-        return x, averaged
+        instead of the samples). Here: ``x`` unchanged, no conditional means."""
+        return x, None
 
     # ------------------------------------------------------------------ shared helpers
     def alpha_bar(self, t: int, problem: Problem) -> float:
@@ -253,11 +246,10 @@ class LatentSolver(Reconstructor):
                 if callback is not None:
                     callback(i, int(t), info, state)
         loop_time = time.perf_counter() - start
-        averaged = self.chain_average(state, problem)
         z = self.final_latents(state, problem).detach()
         x = self.render_no_grad(z)
         with torch.enable_grad():
-            x, conditional_means = self.finalize_images(x, z, problem, averaged)
+            x, conditional_means = self.finalize_images(x, z, problem)
         total = time.perf_counter() - start
         b, n = problem.batch, problem.particles
         return Posterior(

@@ -217,7 +217,6 @@ DEFAULT: dict[str, Any] = {
     "cg_steps": 5,
     "cg_start": "switch",
     "cg_switch": 1.0,
-    "average_levels": 0,
     "line_search": 3,
     "decoder_error": "auto",
     "refine_cg_steps": 10,
@@ -238,7 +237,6 @@ SMC_DEFAULTS: dict[str, Any] = {
         "cg_steps",
         "cg_start",
         "cg_switch",
-        "average_levels",
         "line_search",
         "decoder_error",
         "refine_cg_steps",
@@ -301,8 +299,6 @@ class SMCState:
     curv: Tensor | None = None
     mode: str = "mala"
     resamples: int = 0
-    image_sum: Tensor | None = None
-    image_count: int = 0
 
 
 def _real_flat(t: Tensor) -> Tensor:
@@ -394,12 +390,6 @@ class DWGF(LatentSolver):
         (off): model the decoder's error as :math:`\\mathcal{N}(0, \\sigma_D^2 I)` and draw the
         final images accordingly (:meth:`finalize_images`).
     :param int refine_cg_steps: CG iterations of that image-space step (no network call).
-    :param int average_levels: ``"gibbs"`` scheme: estimate the posterior mean by averaging
-        each particle's decoded image over the last ``average_levels`` levels (one more decoder
-        forward per particle and level) instead of using its final image only. Every level of
-        the chain leaves the posterior (approximately) invariant, so this is an MCMC average
-        over correlated draws: far less noisy than the mean of a few final particles. The
-        samples are still the final particles. ``0`` switches it off.
     :param int laplacian_probes: Hutchinson probes of the weights' Laplacian correction (0: off;
         each costs one more UNet forward per level, no backward; see
         :meth:`_laplacian_correction`).
@@ -438,7 +428,6 @@ class DWGF(LatentSolver):
         cg_steps: int | None = None,
         cg_start: str | None = None,
         cg_switch: float | None = None,
-        average_levels: int | None = None,
         line_search: int | None = None,
         decoder_error: str | float | None = None,
         refine_cg_steps: int | None = None,
@@ -471,7 +460,6 @@ class DWGF(LatentSolver):
             "cg_steps": cg_steps,
             "cg_start": cg_start,
             "cg_switch": cg_switch,
-            "average_levels": average_levels,
             "line_search": line_search,
             "decoder_error": decoder_error,
             "refine_cg_steps": refine_cg_steps,
@@ -511,7 +499,6 @@ class DWGF(LatentSolver):
         self.cg_steps = int(cfg["cg_steps"])
         self.cg_start = str(cfg["cg_start"])
         self.cg_switch = float(cfg["cg_switch"])
-        self.average_levels = int(cfg["average_levels"])
         self.line_search = int(cfg["line_search"])
         self.decoder_error = cfg["decoder_error"]
         self.refine_cg_steps = int(cfg["refine_cg_steps"])
@@ -569,8 +556,6 @@ class DWGF(LatentSolver):
             raise ConfigError(f"cg_start must be one of {CG_STARTS}, found {self.cg_start!r}")
         if not self.cg_switch >= 0:
             raise ConfigError(f"cg_switch must be >= 0, found {self.cg_switch}")
-        if self.average_levels < 0:
-            raise ConfigError(f"average_levels must be >= 0, found {self.average_levels}")
         if self.refine_cg_steps < 1:
             raise ConfigError(f"refine_cg_steps must be >= 1, found {self.refine_cg_steps}")
         if self.cg_steps < 1 or self.line_search < 1:
@@ -616,7 +601,6 @@ class DWGF(LatentSolver):
             "cg_steps": self.cg_steps,
             "cg_start": self.cg_start,
             "cg_switch": self.cg_switch,
-            "average_levels": self.average_levels,
             "line_search": self.line_search,
             "decoder_error": self.decoder_error,
             "decoder_sigma": self.decoder_sigma(),
@@ -651,13 +635,6 @@ class DWGF(LatentSolver):
             opt = torch.optim.SGD([z], lr=self.lr)
         return DWGFState(z=z, optimizer=opt)
 
-    def chain_average(self, state: DWGFState | SMCState, problem: Problem) -> Tensor | None:
-        """Each particle's decoded image averaged over the last ``average_levels`` levels of
-        the Gibbs scheme (None otherwise)."""
-        if not isinstance(state, SMCState) or state.image_sum is None:
-            return None
-        return state.image_sum / state.image_count
-
     def final_latents(self, state: DWGFState | SMCState, problem: Problem) -> Tensor:
         """The particles after the last step (SMC: resampled once more if weighted)."""
         if isinstance(state, SMCState):
@@ -687,12 +664,7 @@ class DWGF(LatentSolver):
         """One DWGF iteration at timestep ``t`` (see the module docstring)."""
         if isinstance(state, SMCState):
             if self.resolved_scheme() == "gibbs":
-                info = self._gibbs_step(state, t, problem)
-                if i >= len(problem.grid) - self.average_levels:
-                    x = self.render_no_grad(state.z.reshape(problem.n, *problem.latent_shape))
-                    state.image_sum = x if state.image_sum is None else state.image_sum + x
-                    state.image_count += 1
-                return info
+                return self._gibbs_step(state, t, problem)
             return self._smc_step(state, t, problem)
         z = state.z
         ab = self.alpha_bar(t, problem)
@@ -1041,7 +1013,7 @@ class DWGF(LatentSolver):
         return new, phi, float((~todo).to(torch.float64).mean())
 
     def finalize_images(
-        self, x: Tensor, z: Tensor, problem: Problem, averaged: Tensor | None = None
+        self, x: Tensor, z: Tensor, problem: Problem
     ) -> tuple[Tensor, Tensor | None]:
         """Model the decoder's error (``decoder_error``): draw each sample from
         :math:`x = \\mathrm{from\\_model}(D(z) + e)`, :math:`e \\propto \\mathcal{N}(0,
@@ -1053,21 +1025,20 @@ class DWGF(LatentSolver):
         The same step without perturbations gives each particle's conditional mean
         :math:`\\mathbb{E}[x \\mid z, y]`; their average is the posterior mean returned (a
         Rao-Blackwellised estimate: the per-particle image noise of the draws does not enter
-        it). With a chain average (``averaged``, :meth:`chain_average`) the mean's step starts
-        from each particle's average over the last levels instead of its final image."""
+        it)."""
         sigma_d = self.decoder_sigma()
         if sigma_d <= 0 or problem.data_term.kind == "mse":
-            return x, averaged
+            return x, None
+        with torch.no_grad():
+            base = self.prior.to_model(x).flatten(1)
+
+        def apply(e: Tensor, sl: slice) -> Tensor:
+            shaped = (base[sl] + e).reshape(-1, *problem.image_shape)
+            return _real_flat(problem.physics.A(self.prior.from_model(shaped)))
+
+        zero = torch.zeros_like(base)
         images = []
-        for perturb, start in ((True, x), (False, x if averaged is None else averaged)):
-            with torch.no_grad():
-                base = self.prior.to_model(start).flatten(1)
-
-            def apply(e: Tensor, sl: slice, base: Tensor = base) -> Tensor:
-                shaped = (base[sl] + e).reshape(-1, *problem.image_shape)
-                return _real_flat(problem.physics.A(self.prior.from_model(shaped)))
-
-            zero = torch.zeros_like(base)
+        for perturb in (True, False):
             e, _, _ = self._gauss_newton_rto(
                 zero, zero, sigma_d**2, apply, problem, self.refine_cg_steps, False, perturb
             )
