@@ -184,10 +184,13 @@ REFERENCE: dict[str, Any] = {
 #: within Monte Carlo error and variance ratio 0.99-1.03; on the mixture benchmark see
 #: ``benchmarks/results/mixture_benchmark.md`` (run with 200 levels). The flow options
 #: (optimiser, lr, prior weight) only matter with ``scheme="flow"``. The CG iterations start
-#: from the perturbed prior centre (``cg_start="centre"``). Against starting from the current
-#: particle, on validation problems (``benchmarks/tune_dwgf_fast.py``, 2-4 per task): limited-
-#: angle CT +2.57 dB, random sensing +1.85, inpainting +0.96, Fourier sampling +0.25, Poisson
-#: deconvolution +0.12, 60-view CT -0.06, 20-view CT -0.17, galaxy deconvolution -0.28.
+#: from the perturbed prior centre at the levels with noise level above 3 and from the current
+#: particle below (``cg_start="switch"``, ``cg_switch=3``). On validation problems
+#: (``benchmarks/tune_dwgf_fast.py``, 2-4 per task), in dB against starting from the current
+#: particle at every level / from the centre at every level: limited-angle CT +3.27 / +0.70,
+#: random sensing +2.63 / +0.78, inpainting +0.79 / -0.17, Fourier sampling +0.66 / +0.41,
+#: 60-view CT +0.09 / +0.15, galaxy deconvolution +0.08 / +0.37, 20-view CT -0.01 / +0.16,
+#: Poisson deconvolution -0.29 / -0.41.
 DEFAULT: dict[str, Any] = {
     "particles": 4,
     "steps": 50,
@@ -216,7 +219,7 @@ DEFAULT: dict[str, Any] = {
     "laplacian_probes": 0,
     "cg_steps": 5,
     "cg_start": "switch",
-    "cg_switch": 1.0,
+    "cg_switch": 3.0,
     "line_search": 3,
     "decoder_error": "auto",
     "refine_cg_steps": 10,
@@ -246,11 +249,11 @@ SMC_DEFAULTS: dict[str, Any] = {
 #: The default preset, cheaper: 20 levels and 8 CG iterations per RTO step (for non-Gaussian
 #: data terms one MALA step per level, started from the current particle); about half the
 #: default's time. Chosen on validation problems (``benchmarks/tune_dwgf_fast.py``, 4 problems
-#: per task; 3 for limited-angle CT), in dB against the previous default preset (CG from the
-#: current particle) on galaxy deconvolution / 20-view CT / limited-angle CT: -0.09 / -0.38 /
-#: +1.11; the default preset -0.28 / -0.17 / +2.57; the previous fast preset (3 CG iterations
-#: from the current particle) -0.44 / -1.69 / -4.23. The exact-likelihood path (affine
-#: decoders) is the default's with 20 levels.
+#: per task; 3 for limited-angle CT), in dB against CG from the current particle with 5
+#: iterations and 50 levels, on galaxy deconvolution / 20-view CT / limited-angle CT: -0.15 /
+#: -0.27 / +1.24 (the CG start as the default's; from the centre at every level -0.09 / -0.38 /
+#: +1.11; the fast preset before, 3 CG iterations from the current particle, -0.44 / -1.69 /
+#: -4.23). The exact-likelihood path (affine decoders) is the default's with 20 levels.
 FAST: dict[str, Any] = {
     **DEFAULT,
     "steps": 20,
@@ -374,7 +377,8 @@ class DWGF(LatentSolver):
         perturbed prior centre :math:`\\tilde c`; unreached directions take the prior's draw,
         which is exact in the directions the data do not see; one more decoder forward per
         particle) or ``"switch"`` (the default: ``"centre"`` at the levels with
-        :math:`\\rho >` ``cg_switch``, ``"current"`` below). See :meth:`_gauss_newton_rto`.
+        :math:`\\rho >` ``cg_switch``, ``"current"`` below; validation figures at
+        :data:`DEFAULT`). See :meth:`_gauss_newton_rto`.
         ``"centre"`` restarts the data fit from each prior draw, so with few CG iterations it
         fits the data slowly: on two galaxy-deconvolution validation problems the decoded
         particles' PSNR was still rising at the last level, while from ``"current"`` it
@@ -383,7 +387,8 @@ class DWGF(LatentSolver):
         angle CT: 2.6 dB below ``"centre"``). At low noise levels the two starts differ only
         by :math:`O(\\rho)` in those directions, so ``"switch"`` takes the prior's structure
         from the high levels and accumulates the fit in the low ones.
-    :param float cg_switch: the noise level :math:`\\rho` at which ``"switch"`` changes start.
+    :param float cg_switch: the noise level :math:`\\rho` at which ``"switch"`` changes start
+        (default 3; 1 did about as well on two galaxy and two limited-angle problems).
     :param int line_search: most objective evaluations of the ``"rto"`` step's backtracking.
     :param decoder_error: ``"auto"`` (the prior's measured ``decoder_sigma``; off for the flow
         scheme and for priors without one), a number :math:`\\sigma_D` (model units) or ``0``
