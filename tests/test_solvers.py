@@ -525,4 +525,3 @@ def test_posterior_mean_override_is_checked():
     assert torch.allclose(post.std, s.std(1))
     with pytest.raises(ValueError, match="mean"):
         Posterior(s, mean=torch.zeros(1, 4, 4))
-
