@@ -388,7 +388,10 @@ class DWGF(LatentSolver):
         by :math:`O(\\rho)` in those directions, so ``"switch"`` takes the prior's structure
         from the high levels and accumulates the fit in the low ones.
     :param float cg_switch: the noise level :math:`\\rho` at which ``"switch"`` changes start
-        (default 3; 1 did about as well on two galaxy and two limited-angle problems).
+        (default 3; 1 did about as well on two galaxy and two limited-angle problems). The
+        test is on the conditional's prior variance, :math:`v = \\rho^2/(1+\\rho^2)` in the
+        ``"gibbs"`` scheme (:math:`\\delta^2` in ``"smc"``), against
+        ``cg_switch**2 / (1 + cg_switch**2)``.
     :param int line_search: most objective evaluations of the ``"rto"`` step's backtracking.
     :param decoder_error: ``"auto"`` (the prior's measured ``decoder_sigma``; off for the flow
         scheme and for priors without one), a number :math:`\\sigma_D` (model units) or ``0``
@@ -891,7 +894,7 @@ class DWGF(LatentSolver):
             return _real_flat(problem.physics.A(self.render(u.reshape(-1, *shape))))
 
         start = self.cg_start
-        if start == "switch":  # var = rho^2 / (1 + rho^2) of this level
+        if start == "switch":  # Gibbs: var = rho^2 / (1 + rho^2) of this level
             start = "centre" if var > self.cg_switch**2 / (1.0 + self.cg_switch**2) else "current"
         new, phi, moved = self._gauss_newton_rto(
             state.z.detach(), centre, var, apply, problem, self.cg_steps, True, start=start
