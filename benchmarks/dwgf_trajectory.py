@@ -64,8 +64,8 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     task = TASKS[args.task]
     prior = load_prior(task.prior)
-    items = [it for it in task.items("validation", max(args.indices) + 1)]
-    items = [it for it in items if it.index in args.indices]
+    wanted = set(args.indices)
+    items = [it for it in task.items("validation", max(wanted) + 1) if it.index in wanted]
     rows = []
     for item in items:
         for text in args.configs:
