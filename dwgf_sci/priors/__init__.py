@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .base import LatentPrior, linear_alphas_cumprod
+from .decoder_error import DecoderErrorModel
 from .gaussian_mixture import GaussianMixture, GaussianMixturePrior
 from .latent import LatentDiffusionPrior
 from .loading import SHIPPED_PRIORS, available_priors, load_prior
@@ -10,6 +11,7 @@ from .stable_diffusion import StableDiffusionPrior
 
 __all__ = [
     "SHIPPED_PRIORS",
+    "DecoderErrorModel",
     "GaussianMixture",
     "GaussianMixturePrior",
     "LatentDiffusionPrior",

@@ -29,6 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import OperatorMismatchError, ShapeError
+from .decoder_error import DecoderErrorModel
 
 
 def linear_alphas_cumprod(
@@ -92,6 +93,8 @@ class LatentPrior(nn.Module):
         #: RMS error of ``decode(encode(x))`` in model units on held-out images (0: unknown).
         #: Solvers can model the decoder's error with it (see ``DWGF(decoder_error=...)``).
         self.decoder_sigma = 0.0
+        #: Per-pixel model of that error (:class:`~dwgf_sci.priors.DecoderErrorModel`), or None.
+        self.decoder_error_model: DecoderErrorModel | None = None
         self.calls: Counter[str] = Counter()
 
     # ------------------------------------------------------------------ units

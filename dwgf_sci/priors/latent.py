@@ -67,6 +67,7 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError, FileFormatError, OutputExistsError, ShapeError
 from .base import LatentPrior
+from .decoder_error import DecoderErrorModel
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from diffusers import AutoencoderKL, UNet2DModel
@@ -514,6 +515,9 @@ class LatentDiffusionPrior(AutoencoderPrior):
         data, command, seed, metrics, ...).
     :param float decoder_sigma: RMS error of the autoencoder, ``decode(encode(x)) - x`` in model
         units, on held-out images (``train-prior`` measures it; 0: unknown, not modelled).
+    :param decoder_error_model: the per-pixel model of that error
+        (:class:`~dwgf_sci.priors.DecoderErrorModel` or its ``to_dict`` form; ``train-prior``
+        fits it; None: none).
     """
 
     def __init__(
@@ -531,6 +535,7 @@ class LatentDiffusionPrior(AutoencoderPrior):
         stretch_scale: float = 1.0,
         metadata: Mapping[str, Any] | None = None,
         decoder_sigma: float = 0.0,
+        decoder_error_model: DecoderErrorModel | Mapping[str, Any] | None = None,
     ) -> None:
         scale, offset = unit_map(data_range, data_scale, data_offset, default_range=None)
         decoder_sigma = float(decoder_sigma)
@@ -590,6 +595,9 @@ class LatentDiffusionPrior(AutoencoderPrior):
         self.stretch_scale = stretch_scale
         self.metadata: dict[str, Any] = dict(metadata or {})
         self.decoder_sigma = decoder_sigma
+        if isinstance(decoder_error_model, Mapping):
+            decoder_error_model = DecoderErrorModel.from_dict(decoder_error_model)
+        self.decoder_error_model = decoder_error_model
 
     # ------------------------------------------------------------------ units
     def to_model(self, x: Tensor) -> Tensor:
@@ -657,6 +665,9 @@ class LatentDiffusionPrior(AutoencoderPrior):
             "prediction_type": self.prediction_type,
             "num_train_timesteps": self.num_train_timesteps,
             "decoder_sigma": self.decoder_sigma,
+            "decoder_error_model": None
+            if self.decoder_error_model is None
+            else self.decoder_error_model.to_dict(),
             "metadata": self.metadata,
         }
 
@@ -730,6 +741,7 @@ class LatentDiffusionPrior(AutoencoderPrior):
             stretch_scale=float(settings.get("stretch_scale", 1.0)),
             metadata=settings.get("metadata") or {},
             decoder_sigma=float(settings.get("decoder_sigma", 0.0)),
+            decoder_error_model=settings.get("decoder_error_model"),
         )
         return prior.to(dev)
 

@@ -17,7 +17,13 @@ from ..io.atomic import atomic_output
 from ..priors.base import LatentPrior
 from .config import TrainConfig
 from .data import TrainingData, describe_source
-from .evaluate import ACCEPTANCE, decoder_sigma, ks_statistics, reconstruction_psnr
+from .evaluate import (
+    ACCEPTANCE,
+    decoder_error_model,
+    decoder_sigma,
+    ks_statistics,
+    reconstruction_psnr,
+)
 from .sampling import sample_prior
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
@@ -280,13 +286,14 @@ def finish_run(
 ) -> None:
     """Compute validation metrics, save the prior, plots, ``training.json`` and ``README.md``.
 
-    On the validation images: the VAE reconstruction PSNR (mean and median, dB), the decoder
-    RMS error (model units, stored as the prior's ``decoder_sigma``) and
-    :func:`validation_denoiser_loss`; then ``max(16, eval_samples)`` DDIM samples, with the KS
-    statistics of the first ``eval_samples`` against the validation images for single-channel
-    data. The prior is saved to the output folder with ``samples.png``, ``loss_curve.png``,
-    ``training.json`` and ``README.md`` (the model card). ``result.metrics`` and
-    ``result.timings["report_s"]`` are updated in place.
+    On the validation images: the VAE reconstruction PSNR (mean and median, dB), the decoder RMS
+    error (model units, stored as the prior's ``decoder_sigma``), its per-pixel model
+    (:func:`~dwgf_sci.training.evaluate.decoder_error_model`, stored as the prior's
+    ``decoder_error_model``) and :func:`validation_denoiser_loss`; then ``max(16,
+    eval_samples)`` DDIM samples, with the KS statistics of the first ``eval_samples`` against
+    the validation images for single-channel data. The prior is saved to the output folder with
+    ``samples.png``, ``loss_curve.png``, ``training.json`` and ``README.md`` (the model card).
+    ``result.metrics`` and ``result.timings["report_s"]`` are updated in place.
 
     :param result: the trained prior, unit map, history, metrics and timings.
     :param config: the run's configuration (seed, sample steps, ``eval_samples``, ...).
@@ -334,6 +341,8 @@ def finish_run(
         + "".join(f", KS {k} {v['ks']:.3f}" for k, v in metrics.get("ks", {}).items())
     )
     prior.decoder_sigma = metrics["val_decoder_sigma"]
+    if metrics["val_decoder_sigma"] > 0:
+        prior.decoder_error_model = decoder_error_model(prior, val)
     result.metrics = metrics
     result.timings["report_s"] = time.perf_counter() - t0
 
