@@ -109,6 +109,8 @@ def test_tiny_run_saves_a_loadable_prior(trained):
     # the autoencoder's held-out error is measured and saved with the prior
     assert prior.decoder_sigma > 0
     assert prior.decoder_sigma == pytest.approx(result.metrics["val_decoder_sigma"])
+    assert prior.decoder_error_model is not None  # and its per-pixel model
+    assert prior.decoder_error_model == result.prior.decoder_error_model
     # the unit map fitted on the data is the prior's; the latent scaling is fitted
     units = result.unit_map
     assert prior.data_scale == pytest.approx(units.data_scale)
