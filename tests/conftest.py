@@ -34,3 +34,21 @@ def tiny_latent_prior():
     from dwgf_sci.priors.tiny import build_tiny_latent_prior
 
     return build_tiny_latent_prior(image_size=32, seed=0)
+
+
+@pytest.fixture
+def tiny_blur_problem(tiny_latent_prior):
+    """A 32 px image decoded from a random latent of the tiny prior, blurred (Gaussian, sigma 1
+    px) with 1% Gaussian noise: ``(physics, y)``."""
+    import deepinv as dinv
+
+    prior = tiny_latent_prior
+    g = torch.Generator().manual_seed(1)
+    z = torch.randn(1, *prior.latent_shape((1, 32, 32)), generator=g)
+    with torch.no_grad():
+        x = prior.from_model(prior.decode(z))
+    physics = dinv.physics.BlurFFT(
+        img_size=(1, 32, 32), filter=dinv.physics.blur.gaussian_blur(1.0)
+    )
+    physics.noise_model = dinv.physics.GaussianNoise(0.01 * float(x.abs().max()))
+    return physics, physics(x)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 
-import deepinv as dinv
 import pytest
 import torch
 
@@ -166,17 +165,9 @@ def test_shipped_priors_carry_a_measured_error_model():
         assert min(flat) < 0.05 * prior.decoder_sigma < max(flat), name
 
 
-def test_dwgf_end_to_end_uses_the_prior_model(tiny_latent_prior):
+def test_dwgf_end_to_end_uses_the_prior_model(tiny_latent_prior, tiny_blur_problem):
     prior = tiny_latent_prior
-    g = torch.Generator().manual_seed(1)
-    z = torch.randn(1, *prior.latent_shape((1, 32, 32)), generator=g)
-    with torch.no_grad():
-        x = prior.from_model(prior.decode(z))
-    physics = dinv.physics.BlurFFT(
-        img_size=(1, 32, 32), filter=dinv.physics.blur.gaussian_blur(1.0)
-    )
-    physics.noise_model = dinv.physics.GaussianNoise(0.01 * float(x.abs().max()))
-    y = physics(x)
+    physics, y = tiny_blur_problem
     prior.decoder_sigma = 0.05
     prior.decoder_error_model = DecoderErrorModel((0.0,), (), ((1e-6,), (0.05,)))
     try:

@@ -480,17 +480,9 @@ def test_cg_start_switches_from_the_centre_to_the_current_particle_at_low_noise(
         assert starts == ({"centre", "current"} if cg_start == "switch" else {cg_start})
 
 
-def test_decoder_error_refines_the_images_and_the_mean(tiny_latent_prior):
+def test_decoder_error_refines_the_images_and_the_mean(tiny_latent_prior, tiny_blur_problem):
     prior = tiny_latent_prior
-    g = torch.Generator().manual_seed(1)
-    z = torch.randn(1, *prior.latent_shape((1, 32, 32)), generator=g)
-    with torch.no_grad():
-        x = prior.from_model(prior.decode(z))
-    physics = dinv.physics.BlurFFT(
-        img_size=(1, 32, 32), filter=dinv.physics.blur.gaussian_blur(1.0)
-    )
-    physics.noise_model = dinv.physics.GaussianNoise(0.01 * float(x.abs().max()))
-    y = physics(x)
+    physics, y = tiny_blur_problem
     off = DWGF(prior, particles=3, steps=4, seed=0)(y, physics)  # the prior has no sigma_D
     assert off.settings["decoder_sigma"] == 0.0
     with torch.no_grad():
