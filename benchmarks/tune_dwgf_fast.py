@@ -62,6 +62,20 @@ with. ``*-avg10`` estimated the posterior mean by averaging the particles over t
 levels: 20-view and limited-angle CT lost 0.4-0.7 dB (the chain still improves over those
 levels), so it was removed too. The sweep chose ``cg_start="switch"`` with ``cg_switch=3``
 (from the centre above noise level 3, from the current particle below) for both presets.
+
+A third sweep (2026-12-02, after the per-pixel decoder error model) asked whether a chain that
+costs one decoder forward+backward per level (one MALA step, cheaper than a latent DPS step)
+could leave the data fit to the image-space step::
+
+    python benchmarks/tune_dwgf_fast.py --tasks galaxy-deconv --n 2 \
+        --configs default-mala1 default-mala1-ref default-pixerr
+    python benchmarks/tune_dwgf_fast.py --tasks ct-20 --n 2 \
+        --configs default-mala1 default-mala1-ref default-pixerr
+
+It cannot: against the default preset (``default-pixerr``), one MALA step per level lost 16 dB
+on galaxy deconvolution (reduced chi2 10-43) and 4 dB on 20-view CT, from the previous particle
+or from the prior's draw. The image-space step corrects what the autoencoder cannot represent,
+not a latent that misses the data.
 """
 
 from __future__ import annotations
@@ -88,6 +102,8 @@ FAST_BEFORE: dict[str, Any] = {
     "mala_steps": 1,
     "mala_start": "previous",
 }
+#: The per-pixel decoder error model with 20 CG iterations (the default from 2026-12-02 on).
+PIXERR: dict[str, Any] = {"decoder_error": "auto", "refine_cg_steps": 20}
 #: name -> keyword overrides of the default preset (every candidate runs ``DWGF``). Every
 #: candidate names ``cg_start``, which the default preset changed (``"current"`` until this
 #: sweep chose ``"centre"``), so that each line keeps meaning what was run.
@@ -115,6 +131,21 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "default-switch1-avg10": {"cg_start": "switch", "cg_switch": 1.0, "average_levels": 10},
     "fast-cg8-switch3": {**FAST_BEFORE, "cg_steps": 8, "cg_start": "switch", "cg_switch": 3.0},
     "fast-cg8-switch1": {**FAST_BEFORE, "cg_steps": 8, "cg_start": "switch", "cg_switch": 1.0},
+    # one decoder forward+backward per level (cheaper than a latent DPS step), the image-space
+    # step with the per-pixel decoder error model fitting what the chain leaves
+    "default-pixerr": {**PIXERR, "cg_start": "switch", "cg_switch": 3.0},
+    "default-mala1": {
+        **PIXERR,
+        "likelihood_step": "mala",
+        "mala_steps": 1,
+        "mala_start": "previous",
+    },
+    "default-mala1-ref": {
+        **PIXERR,
+        "likelihood_step": "mala",
+        "mala_steps": 1,
+        "mala_start": "reference",
+    },
 }
 
 #: The first sweep's candidates (the default of ``--configs``).
