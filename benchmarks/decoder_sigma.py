@@ -23,7 +23,7 @@ import torch
 from dwgf_sci.priors import load_prior
 from dwgf_sci.priors.loading import WEIGHTS_DIR
 from dwgf_sci.training.data import _generate
-from dwgf_sci.training.evaluate import decoder_error_model, decoder_sigma
+from dwgf_sci.training.evaluate import decoder_error
 
 DATASETS = {"galaxy-64": "galaxies", "ct-64": "phantoms"}
 
@@ -36,8 +36,7 @@ def main() -> None:
     for name, dataset in DATASETS.items():
         prior = load_prior(name, device="cpu")
         val = _generate(dataset, 4200, 64, 0)[-200:]
-        value = decoder_sigma(prior, val)
-        model = decoder_error_model(prior, val)
+        value, model = decoder_error(prior, val)
         flat = [v for row in model.sigma for v in row]
         print(
             f"{name}: decoder_sigma {value:.5f} (model units, 200 validation images); "

@@ -74,8 +74,8 @@ could leave the data fit to the image-space step::
 
 It cannot: against the default preset (``default-pixerr``), one MALA step per level lost
 11.9-18.4 dB on galaxy deconvolution (reduced chi2 3-43 per problem) and 2.6-4.0 dB on 20-view
-CT (from the prior's draw / from the previous particle). The image-space step corrects what the autoencoder cannot represent,
-not a latent that misses the data.
+CT (from the prior's draw / from the previous particle). The image-space step corrects what
+the autoencoder cannot represent, not a latent that misses the data.
 """
 
 from __future__ import annotations

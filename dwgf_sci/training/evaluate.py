@@ -117,8 +117,31 @@ def reconstruction_psnr(prior: LatentPrior, x: Tensor, batch_size: int = 64) -> 
     return per_image_psnr(torch.cat(out), x.float().cpu())
 
 
-def _decoded_and_error(prior: LatentPrior, x: Tensor, batch_size: int) -> tuple[Tensor, Tensor]:
-    """``decode(encode(x))`` and its error in model units, on the CPU (float32)."""
+def decoder_sigma(prior: LatentPrior, x: Tensor, batch_size: int = 64) -> float:
+    """RMS of ``decode(encode(x)) - x`` in model units (the prior's ``decoder_sigma``).
+
+    :param LatentPrior prior: the prior.
+    :param Tensor x: ``(N, C, H, W)`` held-out images in physical units.
+    :param int batch_size: images per network call.
+    """
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for start in range(0, x.shape[0], int(batch_size)):
+            chunk = x[start : start + int(batch_size)].to(prior.device, torch.float32)
+            model = prior.to_model(chunk)
+            err = prior.decode(prior.encode(model)) - model
+            total += float(err.double().pow(2).sum())
+            count += err.numel()
+    return math.sqrt(total / max(count, 1))
+
+
+def decoder_error(
+    prior: LatentPrior, x: Tensor, batch_size: int = 64, **fit_options: int
+) -> tuple[float, DecoderErrorModel]:
+    """The autoencoder's error on held-out images ``x`` (physical units), from one pass: its
+    RMS in model units (:func:`decoder_sigma`) and its per-pixel
+    :class:`~dwgf_sci.priors.DecoderErrorModel` (``fit_options`` go to
+    :meth:`DecoderErrorModel.fit`)."""
     decoded, errors = [], []
     with torch.no_grad():
         for start in range(0, x.shape[0], int(batch_size)):
@@ -127,28 +150,16 @@ def _decoded_and_error(prior: LatentPrior, x: Tensor, batch_size: int) -> tuple[
             rec = prior.decode(prior.encode(model))
             decoded.append(rec.float().cpu())
             errors.append((rec - model).float().cpu())
-    return torch.cat(decoded), torch.cat(errors)
-
-
-def decoder_sigma(prior: LatentPrior, x: Tensor, batch_size: int = 64) -> float:
-    """RMS of ``decode(encode(x)) - x`` in model units (the prior's ``decoder_sigma``).
-
-    :param LatentPrior prior: the prior.
-    :param Tensor x: ``(N, C, H, W)`` held-out images in physical units.
-    :param int batch_size: images per network call.
-    """
-    _, err = _decoded_and_error(prior, x, batch_size)
-    return math.sqrt(float(err.double().pow(2).mean())) if err.numel() else 0.0
+    err = torch.cat(errors)
+    sigma = math.sqrt(float(err.double().pow(2).mean()))
+    return sigma, DecoderErrorModel.fit(torch.cat(decoded), err, **fit_options)
 
 
 def decoder_error_model(
     prior: LatentPrior, x: Tensor, batch_size: int = 64, **fit_options: int
 ) -> DecoderErrorModel:
-    """Fit the per-pixel :class:`~dwgf_sci.priors.DecoderErrorModel` of the prior's autoencoder
-    on held-out images ``x`` (physical units); ``fit_options`` go to
-    :meth:`DecoderErrorModel.fit`."""
-    decoded, err = _decoded_and_error(prior, x, batch_size)
-    return DecoderErrorModel.fit(decoded, err, **fit_options)
+    """The per-pixel model of :func:`decoder_error` alone."""
+    return decoder_error(prior, x, batch_size, **fit_options)[1]
 
 
 # ---------------------------------------------------------------------- statistics

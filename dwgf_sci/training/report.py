@@ -19,8 +19,7 @@ from .config import TrainConfig
 from .data import TrainingData, describe_source
 from .evaluate import (
     ACCEPTANCE,
-    decoder_error_model,
-    decoder_sigma,
+    decoder_error,
     ks_statistics,
     reconstruction_psnr,
 )
@@ -288,7 +287,7 @@ def finish_run(
 
     On the validation images: the VAE reconstruction PSNR (mean and median, dB), the decoder RMS
     error (model units, stored as the prior's ``decoder_sigma``), its per-pixel model
-    (:func:`~dwgf_sci.training.evaluate.decoder_error_model`, stored as the prior's
+    (:func:`~dwgf_sci.training.evaluate.decoder_error`, stored as the prior's
     ``decoder_error_model``) and :func:`validation_denoiser_loss`; then ``max(16,
     eval_samples)`` DDIM samples, with the KS statistics of the first ``eval_samples`` against
     the validation images for single-channel data. The prior is saved to the output folder with
@@ -309,6 +308,7 @@ def finish_run(
     psnr = reconstruction_psnr(prior, val)
     finite = psnr[np.isfinite(psnr)]
     val_model = units.to_model(val.double()).float()
+    val_sigma, val_error_model = decoder_error(prior, val)
     metrics: dict[str, Any] = dict(result.metrics)
     metrics.update(
         {
@@ -316,7 +316,7 @@ def finish_run(
             "val_images": int(val.shape[0]),
             "val_vae_psnr_db": float(np.mean(finite)) if finite.size else float("inf"),
             "val_vae_psnr_median_db": float(np.median(psnr)),
-            "val_decoder_sigma": decoder_sigma(prior, val),
+            "val_decoder_sigma": val_sigma,
             "val_denoiser_loss": validation_denoiser_loss(prior, val_model, seed=config.seed),
             "device": str(runner.ctx.device),
             "world_size": runner.ctx.world_size,
@@ -341,8 +341,8 @@ def finish_run(
         + "".join(f", KS {k} {v['ks']:.3f}" for k, v in metrics.get("ks", {}).items())
     )
     prior.decoder_sigma = metrics["val_decoder_sigma"]
-    if metrics["val_decoder_sigma"] > 0:
-        prior.decoder_error_model = decoder_error_model(prior, val)
+    if val_sigma > 0:
+        prior.decoder_error_model = val_error_model
     result.metrics = metrics
     result.timings["report_s"] = time.perf_counter() - t0
 
