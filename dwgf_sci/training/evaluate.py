@@ -34,7 +34,7 @@ import math
 import os
 import platform
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -102,6 +102,16 @@ def per_image_psnr(x: Tensor, reference: Tensor) -> np.ndarray:
 
 
 @torch.no_grad()
+def _round_trips(prior: LatentPrior, x: Tensor, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
+    """``(to_model(x), decode(encode(to_model(x))))`` per batch of ``batch_size`` images, on the
+    prior's device, without gradients."""
+    for start in range(0, x.shape[0], int(batch_size)):
+        chunk = x[start : start + int(batch_size)].to(prior.device, torch.float32)
+        model = prior.to_model(chunk)
+        yield model, prior.decode(prior.encode(model))
+
+
+@torch.no_grad()
 def reconstruction_psnr(prior: LatentPrior, x: Tensor, batch_size: int = 64) -> np.ndarray:
     """Per-image PSNR (dB) of the prior's autoencoder on images ``x`` in physical units.
 
@@ -109,11 +119,7 @@ def reconstruction_psnr(prior: LatentPrior, x: Tensor, batch_size: int = 64) -> 
     :param Tensor x: ``(N, C, H, W)`` physical images.
     :param int batch_size: images per network call.
     """
-    out = []
-    for start in range(0, x.shape[0], int(batch_size)):
-        chunk = x[start : start + int(batch_size)].to(prior.device, torch.float32)
-        rec = prior.from_model(prior.decode(prior.encode(prior.to_model(chunk))))
-        out.append(rec.float().cpu())
+    out = [prior.from_model(rec).float().cpu() for _, rec in _round_trips(prior, x, batch_size)]
     return per_image_psnr(torch.cat(out), x.float().cpu())
 
 
@@ -125,13 +131,9 @@ def decoder_sigma(prior: LatentPrior, x: Tensor, batch_size: int = 64) -> float:
     :param int batch_size: images per network call.
     """
     total, count = 0.0, 0
-    with torch.no_grad():
-        for start in range(0, x.shape[0], int(batch_size)):
-            chunk = x[start : start + int(batch_size)].to(prior.device, torch.float32)
-            model = prior.to_model(chunk)
-            err = prior.decode(prior.encode(model)) - model
-            total += float(err.double().pow(2).sum())
-            count += err.numel()
+    for model, rec in _round_trips(prior, x, batch_size):
+        total += float((rec - model).double().pow(2).sum())
+        count += model.numel()
     return math.sqrt(total / max(count, 1))
 
 
@@ -142,17 +144,14 @@ def decoder_error(
     RMS in model units (:func:`decoder_sigma`) and its per-pixel
     :class:`~dwgf_sci.priors.DecoderErrorModel` (``fit_options`` go to
     :meth:`DecoderErrorModel.fit`)."""
-    decoded, errors = [], []
-    with torch.no_grad():
-        for start in range(0, x.shape[0], int(batch_size)):
-            chunk = x[start : start + int(batch_size)].to(prior.device, torch.float32)
-            model = prior.to_model(chunk)
-            rec = prior.decode(prior.encode(model))
-            decoded.append(rec.float().cpu())
-            errors.append((rec - model).float().cpu())
-    err = torch.cat(errors)
+    pairs = [
+        (rec.float().cpu(), (rec - m).float().cpu())
+        for m, rec in _round_trips(prior, x, batch_size)
+    ]
+    decoded = torch.cat([d for d, _ in pairs])
+    err = torch.cat([e for _, e in pairs])
     sigma = math.sqrt(float(err.double().pow(2).mean()))
-    return sigma, DecoderErrorModel.fit(torch.cat(decoded), err, **fit_options)
+    return sigma, DecoderErrorModel.fit(decoded, err, **fit_options)
 
 
 def decoder_error_model(
