@@ -76,6 +76,46 @@ It cannot: against the default preset (``default-pixerr``), one MALA step per le
 11.9-18.4 dB on galaxy deconvolution (reduced chi2 3-43 per problem) and 2.6-4.0 dB on 20-view
 CT (from the prior's draw / from the previous particle). The image-space step corrects what
 the autoencoder cannot represent, not a latent that misses the data.
+A fourth sweep (2026-12-02) tried a likelihood step with no decoder backward at all: the
+randomise-then-optimise draw taken in image space around the decoded prior draw and mapped back
+by the encoder (``likelihood_step="image"``, :meth:`dwgf_sci.solvers.DWGF._image_rto`)::
+
+    python benchmarks/tune_dwgf_fast.py --tasks galaxy-cs-random galaxy-cs-fourier \
+        galaxy-deconv --n 2 --configs default-image
+    python benchmarks/tune_dwgf_fast.py --tasks ct-limited-90 ct-20 --n 2 --configs default-image
+    python benchmarks/tune_dwgf_fast.py --tasks galaxy-deconv-poisson galaxy-inpaint ct-60 \
+        --n 2 --configs default-image03
+    python benchmarks/tune_dwgf_fast.py --tasks galaxy-deconv ct-20 --n 4 \
+        --configs default-image03
+
+The ``default-image03`` lines of the compressed-sensing and limited-angle tasks ran with a
+temporary environment switch that did what ``image_until=0.3`` does now (latent RTO step below
+noise level 0.3, image step above), before the setting existed; their ``params`` name the
+setting. Earlier exploratory runs (not kept) fixed the step's two choices: the image-space prior
+variance :math:`\tau^2 = \|D(\tilde c) - D(c)\|^2/\dim u` (half or a quarter of it lost
+0.5-2.5 dB, twice it about the same) and the differenced encoding
+:math:`\tilde c + E(x^\star) - E(D(\tilde c))` (plain :math:`E(x^\star)` lost 1.5-3 dB).
+Paired against the current default preset on the same validation problems (its PSNR there is
+``table-32x8-cg20`` in ``benchmarks/results/tune_decoder_error/runs.jsonl``), in dB:
+
+======================  ===========================  ===========================
+task                    image step at every level    ``image_until=0.3``
+======================  ===========================  ===========================
+galaxy-deconv           +0.04 (n=2)                  -0.61 (n=4)
+galaxy-deconv-poisson   -0.92 (n=2, no warm start)   -0.80 (n=2)
+galaxy-cs-fourier       -4.0 (n=2, chi2 up to 6.5)   -0.76 (n=2)
+galaxy-cs-random        -5.6 (n=2, chi2 up to 44)    +0.03 (n=2)
+galaxy-inpaint          +1.3 (n=2, no warm start)    +0.60 (n=2)
+ct-20                   -0.45 (n=2)                  +0.00 (n=4)
+ct-60                   +0.0 (n=2, no warm start)    +0.08 (n=2)
+ct-limited-90           -4.6 (n=2)                   -3.3 (n=2)
+======================  ===========================  ===========================
+
+("no warm start": a first version of the step that restarted CG from the prior's draw at every
+level; its lines are not kept. The kept ``default-image`` lines start CG from the previous
+level's image below ``cg_switch``, as the latent step does.) At about a fifth of the default's
+time per image on the galaxy tasks, ``image_until=0.3`` became the fast preset; limited-angle
+CT, whose missing wedge the latent step fills with the decoder's structure, is its weak task.
 """
 
 from __future__ import annotations
@@ -140,6 +180,8 @@ CONFIGS: dict[str, dict[str, Any]] = {
         "mala_steps": 1,
         "mala_start": "previous",
     },
+    "default-image": {**PIXERR, "likelihood_step": "image", "image_until": 0.0},
+    "default-image03": {**PIXERR, "likelihood_step": "image", "image_until": 0.3},
     "default-mala1-ref": {
         **PIXERR,
         "likelihood_step": "mala",

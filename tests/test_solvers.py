@@ -12,7 +12,7 @@ from dwgf_sci.errors import ConfigError, InvalidDataError, OperatorMismatchError
 from dwgf_sci.operators import MatrixOperator
 from dwgf_sci.priors import GaussianMixturePrior
 from dwgf_sci.solvers import DWGF, Posterior
-from dwgf_sci.solvers.dwgf import REFERENCE
+from dwgf_sci.solvers.dwgf import FAST, REFERENCE
 
 
 def gaussian_problem(d: int = 8, m: int = 4, sigma: float = 0.3, seed: int = 1):
@@ -55,15 +55,25 @@ def test_mala_likelihood_step_matches_gaussian_posterior():
     assert 0.2 < post.history[-1]["accept"] < 0.95
 
 
-@pytest.mark.parametrize("step", ["exact", "rto"])
+@pytest.mark.parametrize("step", ["exact", "rto", "image"])
 def test_gibbs_scheme_matches_gaussian_posterior(step):
     # the diffused-posterior Gibbs sampler keeps the posterior invariant when the Tweedie
     # Gaussian is exact (unit-variance Gaussian prior); RTO with a converged CG is an exact draw
-    # for an affine decoder, so both likelihood steps must give the closed form
+    # for an affine decoder, and so is the image-space step for this prior (decoder and encoder
+    # the identity), so every likelihood step must give the closed form
     prior, physics, y, mean, cov = gaussian_problem()
     post = DWGF(
-        prior, particles=512, steps=60, scheme="gibbs", likelihood_step=step, cg_steps=8, seed=3
+        prior,
+        particles=512,
+        steps=60,
+        scheme="gibbs",
+        likelihood_step=step,
+        cg_steps=8,
+        image_until=0.0,
+        seed=3,
     )(y, physics)
+    if step == "image":  # two decoder and two encoder forwards per level, no backward
+        assert post.calls["encoder"] == 2 * 512 * 60 and "decoder_backward" not in post.calls
     s = post.samples.flatten(1).double()
     sd = cov.diagonal().sqrt().double()
     assert float(((s.mean(0) - mean.double()) / sd).pow(2).mean().sqrt()) < 0.2
@@ -143,6 +153,32 @@ def test_default_preset_fits_the_data_with_a_learned_decoder(tiny_latent_prior):
     current = DWGF(prior, particles=2, steps=8, seed=0, cg_start="current")(y, physics)
     first, last = current.history[0]["data"], current.history[-1]["data"]
     assert torch.isfinite(current.samples).all() and last < 0.2 * first, (first, last)
+
+
+def test_image_step_runs_without_decoder_backward(tiny_latent_prior, tiny_blur_problem):
+    # the image-space likelihood step needs no gradient through the decoder: above image_until
+    # a level runs decoder and encoder forwards only, below it the latent RTO step takes over
+    prior = tiny_latent_prior
+    physics, y = tiny_blur_problem
+    post = DWGF(prior, particles=2, steps=8, seed=0, likelihood_step="image", image_until=0.0)(
+        y, physics
+    )
+    assert torch.isfinite(post.samples).all()
+    assert post.calls.get("decoder_backward", 0) == 0
+    assert post.calls["encoder"] == 2 * 2 * 8 and post.calls["unet"] == 2 * 8
+    solver = DWGF(prior, particles=2, steps=8, seed=0, likelihood_step="image", image_until=3.0)
+    post = solver(y, physics)
+    rho = [h["rho"] for h in post.history]
+    latent_levels = sum(r < 3.0 for r in rho)
+    assert 0 < latent_levels < 8, rho
+    assert post.calls["encoder"] == 2 * 2 * (8 - latent_levels)
+    # the latent RTO levels: one backward for the gradient and one per CG iteration
+    assert post.calls["decoder_backward"] == 2 * latent_levels * (solver.cg_steps + 1)
+    assert FAST["likelihood_step"] == "image" and FAST["image_until"] > 0
+    with pytest.raises(ConfigError, match="image_until"):
+        DWGF(prior, image_until=-1.0)
+    with pytest.raises(ConfigError, match="image"):
+        DWGF(prior, likelihood_step="image", data_term="mse", steps=2)(y, physics)
 
 
 def test_smc_weight_increment_is_exact_for_unit_gaussian_data():
