@@ -174,7 +174,7 @@ def test_image_step_runs_without_decoder_backward(tiny_latent_prior, tiny_blur_p
     assert post.calls["encoder"] == 2 * 2 * (8 - latent_levels)
     # the latent RTO levels: one backward for the gradient and one per CG iteration
     assert post.calls["decoder_backward"] == 2 * latent_levels * (solver.cg_steps + 1)
-    assert FAST["likelihood_step"] == "image" and FAST["image_until"] > 0
+    assert FAST["likelihood_step"] == "image" and FAST["image_until"] == 0
     with pytest.raises(ConfigError, match="image_until"):
         DWGF(prior, image_until=-1.0)
     with pytest.raises(ConfigError, match="image"):

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
@@ -51,6 +51,8 @@ class Problem:
     generator: torch.Generator
     device: torch.device
     dtype: torch.dtype
+    #: What a solver's last level hands to :meth:`LatentSolver.finalize_images` (by name).
+    extras: dict[str, Tensor] = field(default_factory=dict)
 
     @property
     def n(self) -> int:

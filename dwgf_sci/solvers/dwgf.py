@@ -237,7 +237,7 @@ DEFAULT: dict[str, Any] = {
     "line_search": 3,
     "decoder_error": "auto",
     "refine_cg_steps": 20,
-    "image_until": 0.3,
+    "image_until": 0.0,
 }
 
 #: SMC settings used when a preset does not name them (the reference preset is a flow).
@@ -263,21 +263,21 @@ SMC_DEFAULTS: dict[str, Any] = {
 }
 
 #: The fast preset: the default with the image-space likelihood step (``likelihood_step=
-#: "image"``) at every level with noise level above ``image_until=0.3`` and the latent RTO step
-#: at the last levels below it (5 of 50). An image-space level runs decoder and encoder forwards
-#: only, no decoder backward: on ``galaxy-64`` about a fifth of the default's time per image.
-#: Chosen on validation problems (``benchmarks/tune_dwgf_fast.py``, configuration
-#: ``default-image03``; 2-4 problems per task), in dB against the default preset: galaxy
-#: deconvolution -0.61, Poisson deconvolution -0.80, Fourier sampling -0.76, random sensing
-#: +0.03, inpainting +0.60, 20-view CT +0.00, 60-view CT +0.08, limited-angle CT -3.3. The
-#: image step at every level (``image_until=0``) lost 6-7 dB on both compressed-sensing tasks
-#: (data fit not reached) and 4.7 dB on limited-angle CT. The previous fast preset (20 levels
-#: of the latent RTO step with 8 CG iterations) was 0.2 dB below the default on galaxy
-#: deconvolution and 20-view CT and 2.0 dB below on limited-angle CT, at about half its time.
+#: "image"``, :meth:`DWGF._image_rto`) at every level. A level runs one UNet forward, decoder
+#: and encoder forwards and CG iterations that apply only the operator; no backward pass at
+#: all. Chosen on validation problems (``benchmarks/tune_dwgf_fast.py``, configuration
+#: ``fast-image``; 2-4 problems per task), in dB against the default preset: galaxy
+#: deconvolution -2.8, Poisson deconvolution -0.9, Fourier sampling +5.7, random sensing -1.9,
+#: inpainting -0.1, 20-view CT -0.1, 60-view CT +0.1, limited-angle CT -1.5, at a fifth to a
+#: half of its time per image. With the latent RTO step at the last 5 levels
+#: (``image_until=0.3``, and without the decoder's error in the image step) it was -0.6 / -0.8
+#: / -0.8 / +0.0 / +0.6 / +0.0 / +0.1 / -3.3, a third dearer per level. The previous fast
+#: preset (20 levels of the latent RTO step with 8 CG iterations) was 0.2 dB below the default
+#: on galaxy deconvolution and 20-view CT and 2.0 dB below on limited-angle CT, at about half
+#: the default's time and three times this one's.
 FAST: dict[str, Any] = {
     **DEFAULT,
     "likelihood_step": "image",
-    "image_until": 0.3,
 }
 
 PRESETS: dict[str, dict[str, Any]] = {"reference": REFERENCE, "default": DEFAULT, "fast": FAST}
@@ -322,6 +322,7 @@ class SMCState:
     mode: str = "mala"
     resamples: int = 0
     image: Tensor | None = None
+    image_base: Tensor | None = None
 
 
 def _real_flat(t: Tensor) -> Tensor:
@@ -382,10 +383,9 @@ class DWGF(LatentSolver):
         (``"exact"`` where it applies and the latent has at most :data:`EXACT_MAX_DIM`
         entries, else ``"rto"``, else ``"mala"``).
     :param float image_until: with ``likelihood_step="image"``, the noise level :math:`\\rho`
-        below which the levels use the latent ``"rto"`` step instead (default 0.3: the last 5
-        of 50 levels on the linear grid). ``0`` uses the image step at every level; then
-        the data fit rests on the image step's CG, which fell short on the compressed-sensing
-        tasks.
+        below which the levels use the latent ``"rto"`` step instead (default 0: the image
+        step at every level; 0.3 would hand the last 5 of 50 levels of the linear grid to the
+        latent step).
     :param int mala_steps: MALA steps per level and sweep (one decoder forward and backward
         each).
     :param float mala_accept: MALA acceptance rate the step size adapts to. The step is
@@ -692,6 +692,8 @@ class DWGF(LatentSolver):
         if isinstance(state, SMCState):
             if bool((state.log_w != 0).any()):
                 self._resample(state, problem, torch.ones(problem.batch, dtype=torch.bool))
+            if state.image is not None and state.image_base is not None:
+                problem.extras.update(image=state.image, image_base=state.image_base)
             return state.z.reshape(problem.n, *problem.latent_shape).to(problem.dtype)
         return state.z
 
@@ -839,6 +841,7 @@ class DWGF(LatentSolver):
         if state.mode == "image" and var > self.image_until**2 / (1.0 + self.image_until**2):
             return self._image_rto(state, centre, var, problem)
         if state.mode in ("rto", "image"):  # "image" below image_until: the latent RTO step
+            state.image = state.image_base = None
             return self._rto(state, centre, var, problem)
         return self._mala(state, centre, var, problem)
 
@@ -963,34 +966,46 @@ class DWGF(LatentSolver):
         :math:`u \propto \mathcal{N}(u; c, v I)\, L(A(D(u)))` taken in image space and
         mapped back with the encoder, without a decoder backward pass.
 
-        Draw the prior's :math:`\tilde c = c + \sqrt v\,\xi` and decode it and the centre
-        (one batched decoder forward). Near :math:`\tilde c` the decoded image
-        :math:`x = D(u)` has covariance :math:`v JJ^\top` under the prior factor,
-        :math:`J = \partial D/\partial u`; it is replaced by :math:`\tau^2 I` on the
-        decoder's range, with :math:`\tau^2 = \|D(\tilde c) - D(c)\|^2/\dim u` (one draw of
-        :math:`v\,\mathrm{tr}(JJ^\top)`, over the rank of :math:`J`: the mean of its non-zero
-        eigenvalues). One randomise-then-optimise step in image space,
+        Draw the prior's :math:`\tilde c = c + \sqrt v\,\xi` and decode it (and, for the
+        first particle of each measurement, the centre: one batched decoder forward). Near
+        :math:`\tilde c` the decoded image :math:`x = D(u) + e` has covariance
+        :math:`v JJ^\top + S^2` under the prior factor, :math:`J = \partial D/\partial u`,
+        :math:`S = \mathrm{diag}(\sigma_p)` the decoder's error (:meth:`decoder_error_map`);
+        :math:`v JJ^\top` is replaced by :math:`g I` with
+        :math:`g = \|D(\tilde c) - D(c)\|^2/\dim u`, one draw of
+        :math:`v\,\mathrm{tr}(JJ^\top)` over the rank of :math:`J` (the mean of its non-zero
+        eigenvalues), taken from the measurement's first particle. With
+        :math:`T^2 = g I + S^2`, one randomise-then-optimise step in image space,
 
         .. math::
 
-            x^\star = \arg\min_x \tfrac{1}{2\tau^2}\|x - D(\tilde c)\|^2
+            x^\star = \arg\min_x \tfrac12\|T^{-1}(x - D(\tilde c))\|^2
                        + \tfrac12\|A(x) - \tilde y\|^2_{\Sigma^{-1}},
 
         with perturbed data :math:`\tilde y` (``refine_cg_steps`` CG iterations, which apply
-        only the operator), is an exact draw of this linearised conditional. The encoder,
-        the decoder's approximate inverse, brings it back:
+        only the operator, started from the previous level's :math:`x^\star` below noise level
+        ``cg_switch``), is an exact draw of this linearised conditional. The encoder, the
+        decoder's approximate inverse, brings it back:
         :math:`u = \tilde c + E(x^\star) - E(D(\tilde c))` (one batched encoder forward; the
         difference cancels the autoencoder's round-trip error at :math:`\tilde c`, and
-        :math:`E` discards the part of :math:`x^\star - D(\tilde c)` the decoder cannot
-        represent). Per particle and level: two decoder and two encoder forwards, no backward
-        pass. Returns the fraction of particles whose image step moved."""
-        n, shape = problem.n, problem.latent_shape
+        :math:`E` discards what the decoder cannot represent). The last level's
+        :math:`x^\star` and :math:`D(\tilde c)` are where :meth:`finalize_images` continues.
+        Per particle and level: one UNet forward, :math:`1 + 1/N` decoder forwards and two
+        encoder forwards, no backward pass. Returns the fraction of particles whose image step
+        moved."""
+        n, b, p, shape = problem.n, problem.batch, problem.particles, problem.latent_shape
         drawn = centre + math.sqrt(var) * self.randn(tuple(centre.shape), problem)
-        pair = torch.cat([drawn, centre]).reshape(2 * n, *shape)
+        # the decoder's gain is measured on the first particle of each measurement only
+        rows = torch.cat([drawn, centre.reshape(b, p, -1)[:, 0]]).reshape(n + b, *shape)
         with torch.no_grad():
-            decoded = torch.cat([self.prior.decode(pair[sl]) for sl in self.chunks(2 * n)])
+            decoded = torch.cat([self.prior.decode(rows[sl]) for sl in self.chunks(n + b)])
         base = decoded[:n].flatten(1)
-        tau = (base - decoded[n:].flatten(1)).pow(2).sum(1, keepdim=True) / centre.shape[1]
+        first = base.reshape(b, p, -1)[:, 0]
+        gain = (first - decoded[n:].flatten(1)).pow(2).sum(1, keepdim=True) / centre.shape[1]
+        tau = gain.repeat_interleave(p, 0)
+        err = self.decoder_error_map(decoded[:n])
+        if err is not None:  # x = D(u) + e: the decoder's error adds its variance per pixel
+            tau = tau + err.flatten(1).pow(2)
         tau = tau.clamp_min(1e-24).sqrt()
 
         def apply(w: Tensor, sl: slice) -> Tensor:
@@ -1013,6 +1028,7 @@ class DWGF(LatentSolver):
             perturb_centre=False,
         )
         state.image = base + tau * w
+        state.image_base = base
         images = torch.cat([state.image, base]).reshape(2 * n, *problem.image_shape)
         with torch.no_grad():
             encoded = torch.cat([self.prior.encode(images[sl]) for sl in self.chunks(2 * n)])
@@ -1162,10 +1178,15 @@ class DWGF(LatentSolver):
             return x, None
         with torch.no_grad():
             decoded = self.prior.to_model(x)
+            if "image_base" in problem.extras:  # the last level was an image step
+                decoded = problem.extras["image_base"].reshape(x.shape)
             scale = self.decoder_error_map(decoded)
         if scale is None:
             return x, None
         base, scale = decoded.flatten(1), scale.flatten(1)
+        start, cg_from = torch.zeros_like(base), "centre"
+        if "image" in problem.extras:  # continue from the last level's draw
+            start, cg_from = (problem.extras["image"] - base) / scale, "current"
 
         def apply(w: Tensor, sl: slice) -> Tensor:
             shaped = (base[sl] + scale[sl] * w).reshape(-1, *problem.image_shape)
@@ -1173,9 +1194,21 @@ class DWGF(LatentSolver):
 
         zero = torch.zeros_like(base)
         images = []
+        import os
+
         for perturb in (True, False):
+            if not perturb and os.environ.get("DWGF_MEAN_FROM") == "zero":
+                start, cg_from = torch.zeros_like(base), "centre"
             w, _, _ = self._gauss_newton_rto(
-                zero, zero, 1.0, apply, problem, self.refine_cg_steps, False, perturb
+                start,
+                zero,
+                1.0,
+                apply,
+                problem,
+                self.refine_cg_steps,
+                False,
+                perturb,
+                start=cg_from,
             )
             with torch.no_grad():
                 images.append(self.prior.from_model((base + scale * w).reshape(x.shape)))
