@@ -192,6 +192,12 @@ CONFIGS: dict[str, dict[str, Any]] = {
     # the fast preset from 2026-12-02: the image step at every level, with the decoder's error
     # in its image-space prior and the last level's draw continued by the decoder-error step
     "fast-image": {**PIXERR, "likelihood_step": "image", "image_until": 0.0},
+    "fast-image-error": {
+        **PIXERR,
+        "likelihood_step": "image",
+        "image_until": 0.0,
+        "image_error": True,
+    },
     "default-mala1-ref": {
         **PIXERR,
         "likelihood_step": "mala",

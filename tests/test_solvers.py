@@ -181,6 +181,37 @@ def test_image_step_runs_without_decoder_backward(tiny_latent_prior, tiny_blur_p
         DWGF(prior, likelihood_step="image", data_term="mse", steps=2)(y, physics)
 
 
+def test_decoder_error_step_continues_the_last_image_draw(
+    monkeypatch, tiny_latent_prior, tiny_blur_problem
+):
+    # after an image-space level the final decoder-error step starts from that level's draw
+    # (centred on its decoded prior draw); after a latent level it starts from the decoded
+    # latent, as before
+    physics, y = tiny_blur_problem
+    for step, continued in (("image", True), ("rto", False)):
+        solver = DWGF(
+            tiny_latent_prior,
+            particles=2,
+            steps=3,
+            seed=0,
+            likelihood_step=step,
+            decoder_error=0.01,
+        )
+        starts: list[tuple[float, str]] = []
+        original = solver._gauss_newton_rto
+
+        def spy(*args, _orig=original, _starts=starts, **kw):
+            if "perturb_centre" not in kw and not args[6]:  # the final decoder-error step
+                _starts.append((float(args[0].abs().sum()), kw["start"]))
+            return _orig(*args, **kw)
+
+        monkeypatch.setattr(solver, "_gauss_newton_rto", spy)
+        post = solver(y, physics)
+        assert torch.isfinite(post.samples).all() and len(starts) == 2  # sample, then mean
+        for size, start in starts:
+            assert (size > 0) == continued and start == ("current" if continued else "centre")
+
+
 def test_smc_weight_increment_is_exact_for_unit_gaussian_data():
     # log p_rho_n(u) - log p_rho_{n-1}(u) from the network's noise prediction alone
     d = 3
