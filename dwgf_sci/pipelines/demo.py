@@ -34,7 +34,7 @@ def run_demo(
     noise: float = 0.01,
     particles: int = 4,
     steps: int | None = None,
-    preset: str = "fast",
+    preset: str = "default",
     seed: int = 0,
     device: str = "cpu",
     progress: bool = True,
