@@ -1019,25 +1019,11 @@ class DWGF(LatentSolver):
         if err is not None:  # x = D(u) + e: the decoder's error adds its variance per pixel
             tau = tau + err.flatten(1).pow(2)
         tau = tau.clamp_min(1e-24).sqrt()
-
-        def apply(w: Tensor, sl: slice) -> Tensor:
-            shaped = (base[sl] + tau[sl] * w).reshape(-1, *problem.image_shape)
-            return _real_flat(problem.physics.A(self.prior.from_model(shaped)))
-
-        zero = torch.zeros_like(base)
-        start = zero
+        start = torch.zeros_like(base)
         if state.image is not None and not self._start_at_centre(var):
             start = (state.image - base) / tau
-        w, phi, moved = self._gauss_newton_rto(
-            start,
-            zero,
-            1.0,
-            apply,
-            problem,
-            self.refine_cg_steps,
-            False,
-            start="current",
-            perturb_centre=False,
+        w, phi, moved = self._white_image_rto(
+            base, tau, start, problem, cg_from="current", perturb_centre=False
         )
         state.image = base + tau * w
         state.image_base = base
@@ -1047,6 +1033,39 @@ class DWGF(LatentSolver):
         state.z = drawn + (encoded[:n] - encoded[n:]).reshape(n, -1).to(drawn.dtype)
         state.phi = phi
         return moved
+
+    def _white_image_rto(
+        self,
+        base: Tensor,
+        scale: Tensor,
+        start: Tensor,
+        problem: Problem,
+        *,
+        cg_from: str,
+        perturb: bool = True,
+        perturb_centre: bool = True,
+    ) -> tuple[Tensor, Tensor, float]:
+        """:meth:`_gauss_newton_rto` on :math:`x = \\mathrm{base} + \\mathrm{scale}\\odot w`
+        (model units, rows flattened) with the white prior :math:`w \\sim \\mathcal{N}(0, I)`,
+        from ``start``, in ``refine_cg_steps`` CG iterations: the image-space steps."""
+
+        def apply(w: Tensor, sl: slice) -> Tensor:
+            shaped = (base[sl] + scale[sl] * w).reshape(-1, *problem.image_shape)
+            return _real_flat(problem.physics.A(self.prior.from_model(shaped)))
+
+        zero = torch.zeros_like(base)
+        return self._gauss_newton_rto(
+            start,
+            zero,
+            1.0,
+            apply,
+            problem,
+            self.refine_cg_steps,
+            False,
+            perturb,
+            start=cg_from,
+            perturb_centre=perturb_centre,
+        )
 
     def _gauss_newton_rto(
         self,
@@ -1199,24 +1218,10 @@ class DWGF(LatentSolver):
         start, cg_from = torch.zeros_like(base), "centre"
         if "image" in problem.extras:  # continue from the last level's draw
             start, cg_from = (problem.extras["image"] - base) / scale, "current"
-
-        def apply(w: Tensor, sl: slice) -> Tensor:
-            shaped = (base[sl] + scale[sl] * w).reshape(-1, *problem.image_shape)
-            return _real_flat(problem.physics.A(self.prior.from_model(shaped)))
-
-        zero = torch.zeros_like(base)
         images = []
         for perturb in (True, False):
-            w, _, _ = self._gauss_newton_rto(
-                start,
-                zero,
-                1.0,
-                apply,
-                problem,
-                self.refine_cg_steps,
-                False,
-                perturb,
-                start=cg_from,
+            w, _, _ = self._white_image_rto(
+                base, scale, start, problem, cg_from=cg_from, perturb=perturb
             )
             with torch.no_grad():
                 images.append(self.prior.from_model((base + scale * w).reshape(x.shape)))
