@@ -310,7 +310,9 @@ class SMCState:
     ``z`` are the particles :math:`u` (flattened latents, ``(n, dim)``), ``log_w`` their
     log-weights ``(batch, particles)``; ``gauss`` holds the exact Gaussian step's
     eigendecomposition, ``phi``/``grad`` the data term and its gradient at ``z`` (MALA) and
-    ``eta`` the MALA step-size factor per measurement.
+    ``eta`` the MALA step-size factor per measurement; ``image`` and ``image_base`` the
+    ``"image"`` likelihood step's last draw and decoded prior draw (model units, flattened;
+    None after a latent level).
     """
 
     z: Tensor
@@ -942,8 +944,8 @@ class DWGF(LatentSolver):
         state.z = state.z[flat]
         if state.phi is not None and state.grad is not None:
             state.phi, state.grad = state.phi[flat], state.grad[flat]
-        if state.image is not None:
-            state.image = state.image[flat]
+        if state.image is not None and state.image_base is not None:
+            state.image, state.image_base = state.image[flat], state.image_base[flat]
         state.log_w = torch.where(mask, torch.zeros_like(state.log_w), state.log_w)
         state.resamples += int(which.sum())
         return flat
