@@ -206,6 +206,21 @@ CONFIGS: dict[str, dict[str, Any]] = {
         "image_until": 0.0,
         "image_error": True,
     },
+    # fifth sweep: the image step with explicit Jacobian products (``fast-image-jac``: the
+    # same settings as ``fast-image``, run after that change) and fewer CG iterations
+    "fast-image-jac": {**PIXERR, "likelihood_step": "image", "image_until": 0.0},
+    "fast-image-cg10": {
+        **PIXERR,
+        "likelihood_step": "image",
+        "image_until": 0.0,
+        "refine_cg_steps": 10,
+    },
+    "fast-image-cg5": {
+        **PIXERR,
+        "likelihood_step": "image",
+        "image_until": 0.0,
+        "refine_cg_steps": 5,
+    },
     "default-mala1-ref": {
         **PIXERR,
         "likelihood_step": "mala",

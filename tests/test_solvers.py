@@ -181,6 +181,40 @@ def test_image_step_runs_without_decoder_backward(tiny_latent_prior, tiny_blur_p
         DWGF(prior, likelihood_step="image", data_term="mse", steps=2)(y, physics)
 
 
+def test_image_step_jacobian_products_match_autograd(
+    monkeypatch, tiny_latent_prior, tiny_blur_problem
+):
+    # for a linear physics the image-space CG applies A and A^T directly; with the prior's
+    # asinh stretch (a nonlinear unit map) both products must equal autograd's J d and J^T v
+    physics, y = tiny_blur_problem
+    prior = tiny_latent_prior
+    monkeypatch.setattr(prior, "stretch", "asinh")
+    monkeypatch.setattr(prior, "stretch_scale", 0.3)
+    solver = DWGF(prior, particles=2, steps=2, seed=0, likelihood_step="image")
+    problem = solver.prepare(y, physics)
+    g = torch.Generator().manual_seed(3)
+    n, dim = problem.n, math.prod(problem.image_shape)
+    base, scale = torch.randn(n, dim, generator=g), 0.1 + torch.rand(n, dim, generator=g)
+    d, v = torch.randn(n, dim, generator=g), torch.randn(n, y[0].numel(), generator=g)
+
+    def apply(w):
+        shaped = (base + scale * w).reshape(n, *problem.image_shape)
+        return physics.A(prior.from_model(shaped)).flatten(1)
+
+    w0 = torch.zeros(n, dim)
+    _, jd_ref = torch.func.jvp(apply, (w0,), (d,))
+    _, vjp = torch.func.vjp(apply, w0)
+    jd, jt = solver._image_jacobian(base, scale, problem)
+    torch.testing.assert_close(jd(d), jd_ref, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(jt(v), vjp(v)[0], rtol=1e-4, atol=1e-6)
+    # a nonlinear physics keeps the generic path (stored graph and forward differences)
+    nonlinear = dinv.physics.Physics(A=lambda x: x.pow(2), noise_model=physics.noise_model)
+    assert (
+        solver._image_jacobian(base, scale, solver.prepare(y, nonlinear, img_size=(1, 32, 32)))
+        is None
+    )
+
+
 def test_decoder_error_step_continues_the_last_image_draw(
     monkeypatch, tiny_latent_prior, tiny_blur_problem
 ):
