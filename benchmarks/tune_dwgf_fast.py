@@ -221,6 +221,15 @@ CONFIGS: dict[str, dict[str, Any]] = {
         "image_until": 0.0,
         "refine_cg_steps": 5,
     },
+    # the same two after the diagonal preconditioner of the image-space CG
+    "fast-image-pcg": {**PIXERR, "likelihood_step": "image", "image_until": 0.0},
+    "fast-image-pcg10": {
+        **PIXERR,
+        "likelihood_step": "image",
+        "image_until": 0.0,
+        "refine_cg_steps": 10,
+    },
+    "default-pcg": {**PIXERR, "cg_start": "switch", "cg_switch": 3.0},
     "default-mala1-ref": {
         **PIXERR,
         "likelihood_step": "mala",

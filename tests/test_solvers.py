@@ -204,9 +204,16 @@ def test_image_step_jacobian_products_match_autograd(
     w0 = torch.zeros(n, dim)
     _, jd_ref = torch.func.jvp(apply, (w0,), (d,))
     _, vjp = torch.func.vjp(apply, w0)
-    jd, jt = solver._image_jacobian(base, scale, problem)
+    jd, jt, diagonal = solver._image_jacobian(base, scale, problem)
     torch.testing.assert_close(jd(d), jd_ref, rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(jt(v), vjp(v)[0], rtol=1e-4, atol=1e-6)
+    # the CG preconditioner: 1/v + c (m s)^2, c estimating the mean diagonal of A^T S^-1 A,
+    # for this circular blur ||kernel||^2 / sigma^2 at every pixel (one probe: 25% slack)
+    sigma2 = float(physics.noise_model.sigma) ** 2
+    c_true = float(physics.filter.pow(2).sum()) / sigma2
+    gain2 = (jt(torch.ones_like(v)) / physics.A_adjoint(torch.ones_like(y)).flatten(1)).pow(2)
+    precond = diagonal(torch.full_like(v, sigma2), 0.5)
+    torch.testing.assert_close(precond, 2.0 + c_true * gain2, rtol=0.25, atol=0.0)
     # a nonlinear physics keeps the generic path (stored graph and forward differences)
     nonlinear = dinv.physics.Physics(A=lambda x: x.pow(2), noise_model=physics.noise_model)
     assert (

@@ -148,6 +148,13 @@ and two encoder forwards, no backward pass. It is exact when decoder and encoder
 identity, and an approximation otherwise (the decoder's :math:`JJ^\top` taken to be a multiple
 of the identity on its range). The final decoder-error step continues from the last level's
 image-space draw. Below noise level ``image_until`` (default 0) the latent RTO step takes over.
+
+For a linear physics with real measurements the image-space CG (this step's and the final
+decoder-error step's) applies :math:`A` and :math:`A^\top` directly and is preconditioned by the
+diagonal :math:`1/v + c\,(m s)^2` (:meth:`DWGF._image_jacobian`): the prior's per-pixel scale
+:math:`s` (the decoder error :math:`\sigma_p`, 3e-4 on the sky to 5e-2 on bright galaxy pixels)
+and the asinh stretch's slope :math:`m` otherwise spread the matrix's spectrum over orders of
+magnitude.
 """
 
 from __future__ import annotations
@@ -1073,14 +1080,22 @@ class DWGF(LatentSolver):
 
     def _image_jacobian(
         self, x: Tensor, scale: Tensor, problem: Problem
-    ) -> tuple[Callable[[Tensor], Tensor], Callable[[Tensor], Tensor]] | None:
+    ) -> tuple[Callable[..., Tensor], ...] | None:
         r"""Explicit Jacobian products of :math:`w \mapsto A(\mathrm{from\_model}(x + s
         \odot w))` at :math:`w = 0` for a linear physics with real measurements:
         :math:`J d = A(m \odot s \odot d)` and :math:`J^\top v = m \odot s \odot A^\top v`,
         :math:`m = \mathrm{from\_model}'(x)` (the unit map acts per pixel; its slope is taken
         by one autograd pass). One operator application per product instead of an autograd
         backward through the stored graph and a forward difference. None (the generic path)
-        for a nonlinear physics or complex measurements."""
+        for a nonlinear physics or complex measurements.
+
+        The third function gives a diagonal preconditioner of the CG matrix
+        :math:`I/v + J^\top\Sigma^{-1}J`: :math:`1/v + c\,(m s)^2` per pixel, where
+        :math:`c = \|\Sigma^{-1/2} A\xi\|^2/\|\xi\|^2` (one probe :math:`\xi`, drawn from
+        a fixed seed: one more operator application) estimates the mean diagonal of
+        :math:`A^\top\Sigma^{-1}A`. The stretch's slope spreads :math:`(m s)^2` over orders of
+        magnitude between faint and bright pixels; this scaling takes that spread out of the
+        matrix's conditioning."""
         physics = problem.physics
         if not isinstance(physics, LinearPhysics) or torch.is_complex(problem.y):
             return None
@@ -1106,7 +1121,19 @@ class DWGF(LatentSolver):
                 parts = [physics.A_adjoint(v[sl].reshape(-1, *meas_shape)) for sl in chunks]
             return gain * torch.cat(parts).flatten(1)
 
-        return jd, jt
+        def diagonal(noise_var: Tensor, var: float) -> Tensor:
+            probe = torch.randn(
+                x.shape, generator=torch.Generator(device=x.device).manual_seed(0),
+                device=x.device, dtype=x.dtype,
+            )  # fmt: skip
+            with torch.no_grad():
+                a = torch.cat(
+                    [physics.A(probe[sl].reshape(-1, *image_shape)).flatten(1) for sl in chunks]
+                )
+            c = (a.pow(2) / noise_var).sum(1, keepdim=True) / probe.pow(2).sum(1, keepdim=True)
+            return 1.0 / var + c * gain.pow(2)
+
+        return jd, jt, diagonal
 
     def _gauss_newton_rto(
         self,
@@ -1120,7 +1147,7 @@ class DWGF(LatentSolver):
         perturb: bool = True,
         start: str = "centre",
         perturb_centre: bool = True,
-        jacobian: tuple[Callable[[Tensor], Tensor], Callable[[Tensor], Tensor]] | None = None,
+        jacobian: tuple[Callable[..., Tensor], ...] | None = None,
     ) -> tuple[Tensor, Tensor, float]:
         """One randomise-then-optimise draw of :math:`u \\propto \\mathcal{N}(u; c, v I)\\,
         L(F(u))` per row, for a differentiable map :math:`F` (``apply(u, rows)``, flattened real
@@ -1154,9 +1181,10 @@ class DWGF(LatentSolver):
         ``perturb=False`` skips the perturbations: the step then moves towards the conditional
         mode (for an affine :math:`F`, the conditional mean).
         ``perturb_centre=False`` perturbs the data only, for a ``centre`` that is already a
-        prior draw (the ``"image"`` likelihood step). ``jacobian``: a pair of functions
+        prior draw (the ``"image"`` likelihood step). ``jacobian``: functions
         :math:`d \\mapsto J d`, :math:`w \\mapsto J^\\top w` at :math:`u_0` (rows flattened) that
-        replace the stored graph and the forward difference (:meth:`_image_jacobian`).
+        replace the stored graph and the forward difference, and the diagonal of a
+        preconditioner for CG (:meth:`_image_jacobian`).
 
         :return: the new rows, their data term :math:`\\Phi` (unperturbed data) and the
             fraction of rows that moved.
@@ -1198,8 +1226,10 @@ class DWGF(LatentSolver):
             h = h / d.norm(dim=1, keepdim=True).clamp_min(1e-30)
             return (measure(x_c + h * d) - ax_c) / h
 
+        precond = None
         if jacobian is not None:
-            jd, jt = jacobian
+            jd, jt, diagonal = jacobian
+            precond = diagonal(noise_var, var)
 
         # batched conjugate gradients, one system M d = b per row, M = I/v + J^T S^-1 J
         if start == "centre":  # d0 = c~ - u0: r0 = b - M d0 = -J^T S^-1 (F(u0) + J d0 - y~)
@@ -1208,15 +1238,18 @@ class DWGF(LatentSolver):
         else:
             d = torch.zeros_like(x_c)
             r = (target - x_c) / var - jt((ax_c - y_pert) / noise_var)
-        p = r.clone()
-        rr = r.pow(2).sum(1, keepdim=True)
+        # (preconditioned with a diagonal P where one is given: rr is then r^T P^-1 r)
+        z = r if precond is None else r / precond
+        p = z.clone()
+        rr = (r * z).sum(1, keepdim=True)
         for _ in range(cg_steps):
             q = p / var + jt(jd(p) / noise_var)
             alpha = rr / (p * q).sum(1, keepdim=True).clamp_min(1e-30)
             d = d + alpha * p
             r = r - alpha * q
-            rr_new = r.pow(2).sum(1, keepdim=True)
-            p = r + (rr_new / rr.clamp_min(1e-30)) * p
+            z = r if precond is None else r / precond
+            rr_new = (r * z).sum(1, keepdim=True)
+            p = z + (rr_new / rr.clamp_min(1e-30)) * p
             rr = rr_new
 
         def objective(x: Tensor, ax: Tensor) -> Tensor:
