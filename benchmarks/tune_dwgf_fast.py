@@ -284,6 +284,8 @@ CONFIGS: dict[str, dict[str, Any]] = {
         "refine_cg_steps": 10,
     },
     "default-pcg": {**PIXERR, "cg_start": "switch", "cg_switch": 3.0},
+    # the image step with the latent RTO step at the last two levels (noise level below 0.1)
+    "fast-image-until01": {**PIXERR, "likelihood_step": "image", "image_until": 0.1},
     "default-mala1-ref": {
         **PIXERR,
         "likelihood_step": "mala",
