@@ -222,6 +222,31 @@ def test_image_step_jacobian_products_match_autograd(
     )
 
 
+def test_image_cg_stops_early_at_its_tolerance(monkeypatch, tiny_latent_prior, tiny_blur_problem):
+    # refine_cg_tol ends the image-space CG once every row's residual has dropped by that
+    # factor: fewer adjoint applications, and the setting is checked
+    physics, y = tiny_blur_problem
+    counts = []
+    original = physics.A_adjoint
+
+    def counted(v, *args, **kwargs):
+        counts[-1] += 1
+        return original(v, *args, **kwargs)
+
+    monkeypatch.setattr(physics, "A_adjoint", counted)
+    for tol in (0.0, 0.5):
+        counts.append(0)
+        solver = DWGF(
+            tiny_latent_prior, particles=2, steps=3, seed=0, likelihood_step="image",
+            refine_cg_tol=tol,
+        )  # fmt: skip
+        post = solver(y, physics)
+        assert torch.isfinite(post.samples).all()
+    assert counts[1] < counts[0], counts
+    with pytest.raises(ConfigError, match="refine_cg_tol"):
+        DWGF(tiny_latent_prior, refine_cg_tol=1.0)
+
+
 def test_decoder_error_step_continues_the_last_image_draw(
     monkeypatch, tiny_latent_prior, tiny_blur_problem
 ):

@@ -246,6 +246,7 @@ DEFAULT: dict[str, Any] = {
     "line_search": 3,
     "decoder_error": "auto",
     "refine_cg_steps": 20,
+    "refine_cg_tol": 0.0,
     "image_until": 0.0,
     "image_error": False,
 }
@@ -268,6 +269,7 @@ SMC_DEFAULTS: dict[str, Any] = {
         "line_search",
         "decoder_error",
         "refine_cg_steps",
+        "refine_cg_tol",
         "image_until",
         "image_error",
     )
@@ -455,6 +457,11 @@ class DWGF(LatentSolver):
         likelihood step's (no network call;
         default 20: on validation, +1.0 to +1.2 dB over 10 on the two compressed-sensing tasks,
         within 0.2 dB on the others).
+    :param float refine_cg_tol: those CG iterations stop early once every row's residual, in
+        the preconditioner's norm, is below this fraction of its starting value (0: never;
+        the CG of a linear physics is preconditioned, see :meth:`_image_jacobian`). On
+        validation, 1e-2 saved about a tenth of the fast preset's time on CT at no loss there,
+        but lost 0.9 dB on galaxy deconvolution; 1e-3 hardly ever stopped early.
     :param int laplacian_probes: Hutchinson probes of the weights' Laplacian correction (0: off;
         each costs one more UNet forward per level, no backward; see
         :meth:`_laplacian_correction`).
@@ -496,6 +503,7 @@ class DWGF(LatentSolver):
         line_search: int | None = None,
         decoder_error: str | float | None = None,
         refine_cg_steps: int | None = None,
+        refine_cg_tol: float | None = None,
         image_until: float | None = None,
         image_error: bool | None = None,
         **kwargs: Any,
@@ -530,6 +538,7 @@ class DWGF(LatentSolver):
             "line_search": line_search,
             "decoder_error": decoder_error,
             "refine_cg_steps": refine_cg_steps,
+            "refine_cg_tol": refine_cg_tol,
             "image_until": image_until,
             "image_error": image_error,
         }
@@ -571,6 +580,7 @@ class DWGF(LatentSolver):
         self.line_search = int(cfg["line_search"])
         self.decoder_error = cfg["decoder_error"]
         self.refine_cg_steps = int(cfg["refine_cg_steps"])
+        self.refine_cg_tol = float(cfg["refine_cg_tol"])
         self.image_until = float(cfg["image_until"])
         self.image_error = bool(cfg["image_error"])
         self._check()
@@ -632,6 +642,8 @@ class DWGF(LatentSolver):
             raise ConfigError(f"image_until must be >= 0, found {self.image_until}")
         if self.refine_cg_steps < 1:
             raise ConfigError(f"refine_cg_steps must be >= 1, found {self.refine_cg_steps}")
+        if not 0 <= self.refine_cg_tol < 1:
+            raise ConfigError(f"refine_cg_tol must be in [0, 1), found {self.refine_cg_tol}")
         if self.cg_steps < 1 or self.line_search < 1:
             raise ConfigError(
                 f"cg_steps and line_search must be >= 1, found {self.cg_steps}, {self.line_search}"
@@ -680,6 +692,7 @@ class DWGF(LatentSolver):
             "decoder_sigma": self.decoder_sigma(),
             "decoder_error_model": self._error_model() is not None,
             "refine_cg_steps": self.refine_cg_steps,
+            "refine_cg_tol": self.refine_cg_tol,
             "image_until": self.image_until,
             "image_error": self.image_error,
         }
@@ -1080,6 +1093,7 @@ class DWGF(LatentSolver):
             start=cg_from,
             perturb_centre=perturb_centre,
             jacobian=self._image_jacobian(base + scale * start, scale, problem),
+            tol=self.refine_cg_tol,
         )
 
     def _image_jacobian(
@@ -1152,6 +1166,7 @@ class DWGF(LatentSolver):
         start: str = "centre",
         perturb_centre: bool = True,
         jacobian: tuple[Callable[..., Tensor], ...] | None = None,
+        tol: float = 0.0,
     ) -> tuple[Tensor, Tensor, float]:
         """One randomise-then-optimise draw of :math:`u \\propto \\mathcal{N}(u; c, v I)\\,
         L(F(u))` per row, for a differentiable map :math:`F` (``apply(u, rows)``, flattened real
@@ -1188,7 +1203,8 @@ class DWGF(LatentSolver):
         prior draw (the ``"image"`` likelihood step). ``jacobian``: functions
         :math:`d \\mapsto J d`, :math:`w \\mapsto J^\\top w` at :math:`u_0` (rows flattened) that
         replace the stored graph and the forward difference, and the diagonal of a
-        preconditioner for CG (:meth:`_image_jacobian`).
+        preconditioner for CG (:meth:`_image_jacobian`). ``tol > 0`` stops CG once every row's
+        residual (preconditioned norm) is below ``tol`` times its first one.
 
         :return: the new rows, their data term :math:`\\Phi` (unperturbed data) and the
             fraction of rows that moved.
@@ -1246,7 +1262,10 @@ class DWGF(LatentSolver):
         z = r if precond is None else r / precond
         p = z.clone()
         rr = (r * z).sum(1, keepdim=True)
+        stop = (tol**2) * rr
         for _ in range(cg_steps):
+            if tol > 0 and bool((rr <= stop).all()):
+                break
             q = p / var + jt(jd(p) / noise_var)
             alpha = rr / (p * q).sum(1, keepdim=True).clamp_min(1e-30)
             d = d + alpha * p
