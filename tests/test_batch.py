@@ -24,6 +24,7 @@ from dwgf_sci.pipelines.manifest import (
     job_lock,
     read_input_list,
 )
+from dwgf_sci.pipelines.reconstruct import chi2_limit
 from dwgf_sci.pipelines.simulate import simulate
 from dwgf_sci.priors import load_prior
 from dwgf_sci.priors.tiny import build_tiny_latent_prior
@@ -504,3 +505,15 @@ def test_nan_data_in_a_batch_is_reported_not_written(tmp_path, obs_dir, prior_di
     err = capsys.readouterr().err
     assert "Inf" in err and "1 done, 1 failed" in err
     assert sorted(p.name for p in (tmp_path / "out").glob("*.fits")) == ["obs_00002_posterior.fits"]
+
+
+def test_a_poor_data_fit_is_flagged_on_the_item_line(tmp_path, obs_dir, prior_dir, capsys):
+    # one level of an untrained prior cannot fit the data: the reduced chi2 and its limit are
+    # printed and stored, and the line says the fit is poor
+    first = sorted(obs_dir.glob("*.fits"))[0]
+    assert reconstruct([first], tmp_path / "rec", prior_dir) == 0
+    out = capsys.readouterr().out
+    assert "reduced_chi2_limit=" in out and "poor data fit" in out, out
+    metrics = read_provenance(next((tmp_path / "rec").glob("*.fits")))["metrics"]
+    assert metrics["reduced_chi2_mean"] > metrics["reduced_chi2_limit"]
+    assert chi2_limit(50) == pytest.approx(2.0) and chi2_limit(4096) == pytest.approx(1.25)

@@ -34,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import secrets
 import stat
 import sys
@@ -629,7 +630,13 @@ class BatchRunner:
                 "traceback and please report it"
             )
             return "failed", self._failed(entry, item, reason, start)
-        scores = " ".join(f"{k}={v:.3g}" for k, v in result.metrics.items())
+        metrics = result.metrics
+        scores = " ".join(f"{k}={v:.3g}" for k, v in metrics.items())
+        if metrics.get("reduced_chi2_mean", 0.0) > metrics.get("reduced_chi2_limit", math.inf):
+            scores += (
+                " -- poor data fit (reduced chi2 above its limit): check the noise level and "
+                "the operator; a fast-preset result may fit with the default preset"
+            )
         self.echo(
             f"{self._prefix()}{item.input} -> {item.output} ({entry['seconds']:.1f} s) {scores}"
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import glob
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +24,7 @@ from ..metrics import coverage, psnr, ssim
 from ..operators import build_operator
 from ..operators.specs import canonical_spec
 from ..solvers.base import LatentSolver
+from ..solvers.likelihood import DataTerm
 from ..solvers.posterior import Posterior
 
 IMAGE_SHAPED = ("psf", "mask", "inpaint-psf")
@@ -113,15 +115,35 @@ def output_path(path: Path, out_dir: Path, file_type: str | None, stem: str | No
     return out_dir / f"{stem}_posterior{ext.replace('.gz', '')}"
 
 
-def quality(post: Posterior, truth: torch.Tensor | None, physics: Any, y: torch.Tensor) -> dict:
-    """PSNR/SSIM of the mean, 90% coverage and the data misfit (when the truth is known)."""
+def chi2_limit(n: int) -> float:
+    r"""Reduced chi-square above which a mean misses ``n`` measurements: five standard
+    deviations of the statistic for exact data (:math:`\sqrt{2/n}` each), at least 0.25."""
+    return 1.0 + max(0.25, 5.0 * math.sqrt(2.0 / max(n, 1)))
+
+
+def quality(
+    post: Posterior,
+    truth: torch.Tensor | None,
+    physics: Any,
+    y: torch.Tensor,
+    data_term: DataTerm | None = None,
+) -> dict:
+    """PSNR/SSIM of the mean, 90% coverage (when the truth is known) and the data misfit, with
+    the limit above which the fit is poor (:func:`chi2_limit`).
+
+    :param data_term: the solver's data term bound to ``physics`` (its noise model: Gaussian or
+        Poisson); without it, the Gaussian ``noise_sigma`` of the posterior's settings, if any.
+    """
     scores: dict[str, float] = {}
     mean = post.as_tensor()
     with torch.no_grad():
-        resid = physics.A(mean) - y
+        ax = physics.A(mean)
     sigma = post.settings.get("noise_sigma")
-    if sigma:
-        scores["reduced_chi2_mean"] = float(resid.pow(2).mean() / sigma**2)
+    if data_term is None and sigma:
+        data_term = DataTerm("gaussian", sigma)
+    if data_term is not None and data_term.kind != "mse":
+        scores["reduced_chi2_mean"] = float(data_term.reduced_chi2(ax, y).mean())
+        scores["reduced_chi2_limit"] = chi2_limit(ax[0].numel())
     if truth is not None and truth.shape == mean.shape:
         scores["psnr"] = float(psnr(mean, truth))
         scores["ssim"] = float(ssim(mean, truth))
@@ -170,7 +192,7 @@ def reconstruct_file(
     target.parent.mkdir(parents=True, exist_ok=True)
     y = measurement.y.to(solver.prior.device)
     post = solver(y, physics, img_size=img_size, seed=seed)
-    scores = quality(post, measurement.truth, physics, y)
+    scores = quality(post, measurement.truth, physics, y, solver.data_term.resolve(physics))
     record = {
         "kind": "reconstruction",
         "input": str(path),
