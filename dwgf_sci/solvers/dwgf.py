@@ -1233,7 +1233,7 @@ class DWGF(LatentSolver):
         if perturb:
             y_pert = y + noise_var.sqrt() * self.randn(tuple(y.shape), problem)
 
-        def jt(w: Tensor) -> Tensor:  # J^T w through the stored graph
+        def graph_jt(w: Tensor) -> Tensor:  # J^T w through the stored graph
             parts = [
                 torch.autograd.grad(ax, zc, w[sl], retain_graph=True)[0] for sl, zc, ax in graphs
             ]
@@ -1241,13 +1241,14 @@ class DWGF(LatentSolver):
                 self.prior.calls["decoder_backward"] += n
             return torch.cat(parts)
 
-        def jd(d: Tensor) -> Tensor:  # J d by a forward difference of relative size 1e-3
+        def difference_jd(d: Tensor) -> Tensor:  # J d, a forward difference of relative size 1e-3
             h = 1e-3 * x_c.norm(dim=1, keepdim=True).clamp_min(1.0)
             h = h / d.norm(dim=1, keepdim=True).clamp_min(1e-30)
             return (measure(x_c + h * d) - ax_c) / h
 
-        precond = None
-        if jacobian is not None:
+        if jacobian is None:
+            jd, jt, precond = difference_jd, graph_jt, None
+        else:
             jd, jt, diagonal = jacobian
             precond = diagonal(noise_var, var)
 
