@@ -516,4 +516,12 @@ def test_a_poor_data_fit_is_flagged_on_the_item_line(tmp_path, obs_dir, prior_di
     assert "reduced_chi2_limit=" in out and "poor data fit" in out, out
     metrics = read_provenance(next((tmp_path / "rec").glob("*.fits")))["metrics"]
     assert metrics["reduced_chi2_mean"] > metrics["reduced_chi2_limit"]
+    assert "retried" not in metrics
     assert chi2_limit(50) == pytest.approx(2.0) and chi2_limit(4096) == pytest.approx(1.25)
+    # the fast preset runs its last level (noise level <= 0.1) again with the latent step
+    # when the mean misses the data, and says so
+    argv = ("--preset", "fast", "--steps", "2")
+    assert reconstruct([first], tmp_path / "fast", prior_dir, *argv) == 0
+    assert "retried=1" in capsys.readouterr().out
+    metrics = read_provenance(next((tmp_path / "fast").glob("*.fits")))["metrics"]
+    assert metrics["retried"] == 1

@@ -136,7 +136,7 @@ def test_default_preset_fits_the_data_with_a_learned_decoder(tiny_latent_prior):
         prior.decode(torch.randn(1, *prior.latent_shape((1, 32, 32)), generator=g))
     )
     physics = dinv.physics.BlurFFT(
-        img_size=(1, 32, 32), filter=dinv.physics.blur.gaussian_blur(1.0)
+        img_size=(1, 32, 32), filter=dinv.physics.functional.blur.gaussian_blur(1.0)
     )
     sigma = 0.01 * float(x.abs().max())
     physics.noise_model = dinv.physics.GaussianNoise(sigma)
@@ -179,6 +179,39 @@ def test_image_step_runs_without_decoder_backward(tiny_latent_prior, tiny_blur_p
         DWGF(prior, image_until=-1.0)
     with pytest.raises(ConfigError, match="image"):
         DWGF(prior, likelihood_step="image", data_term="mse", steps=2)(y, physics)
+
+
+def test_image_retry_reruns_the_last_levels_where_the_mean_misses_the_data(
+    tiny_latent_prior, tiny_blur_problem
+):
+    # two measurements with a noise level ten times the signal: the first fits any draw of
+    # the prior (reduced chi2 << 1), the second is offset by five noise levels and cannot fit
+    prior = tiny_latent_prior
+    physics, y = tiny_blur_problem
+    s = 10.0 * float(y.abs().max())
+    ys = torch.cat([y, y + 5.0 * s])
+    kw = {"particles": 2, "steps": 6, "seed": 0, "likelihood_step": "image", "noise_sigma": s}
+    plain = DWGF(prior, **kw)(ys, physics)
+    retried = DWGF(prior, image_retry=3.0, **kw)(ys, physics)
+    assert "retry" not in plain.history[-1] and plain.calls.get("decoder_backward", 0) == 0
+    entry = retried.history[-1]
+    assert entry["retry"] == 1 and entry["chi2_before"] > 10, entry
+    # the latent RTO step ran again for the levels at noise level <= 3 only
+    redo = sum(h.get("rho", math.inf) <= 3.0 for h in retried.history)
+    assert 0 < redo < 6
+    assert retried.calls["decoder_backward"] == 2 * 2 * redo * (DWGF(prior).cg_steps + 1)
+    # the measurement that fits keeps exactly its first run; the other one is replaced
+    assert torch.equal(retried.samples[0], plain.samples[0])
+    assert torch.equal(retried.mean[0], plain.mean[0])
+    assert torch.equal(retried.latents[0], plain.latents[0])
+    assert not torch.equal(retried.samples[1], plain.samples[1])
+    assert torch.isfinite(retried.samples).all()
+    # nothing to redo when every mean fits
+    alone = DWGF(prior, image_retry=3.0, **kw)(y, physics)
+    assert "retry" not in alone.history[-1] and alone.calls.get("decoder_backward", 0) == 0
+    assert FAST["image_retry"] == 0.1
+    with pytest.raises(ConfigError, match="image_retry"):
+        DWGF(prior, image_retry=-0.1)
 
 
 def test_image_step_jacobian_products_match_autograd(
@@ -588,7 +621,7 @@ def test_cg_start_switches_from_the_centre_to_the_current_particle_at_low_noise(
     # from the current particle below; "centre" and "current" keep one start at every level
     prior = tiny_latent_prior
     physics = dinv.physics.BlurFFT(
-        img_size=(1, 32, 32), filter=dinv.physics.blur.gaussian_blur(1.0)
+        img_size=(1, 32, 32), filter=dinv.physics.functional.blur.gaussian_blur(1.0)
     )
     physics.noise_model = dinv.physics.GaussianNoise(0.05)
     y = physics(torch.rand(1, 1, 32, 32, generator=torch.Generator().manual_seed(0)))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import glob
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +23,7 @@ from ..metrics import coverage, psnr, ssim
 from ..operators import build_operator
 from ..operators.specs import canonical_spec
 from ..solvers.base import LatentSolver
-from ..solvers.likelihood import DataTerm
+from ..solvers.likelihood import DataTerm, chi2_limit
 from ..solvers.posterior import Posterior
 
 IMAGE_SHAPED = ("psf", "mask", "inpaint-psf")
@@ -115,12 +114,6 @@ def output_path(path: Path, out_dir: Path, file_type: str | None, stem: str | No
     return out_dir / f"{stem}_posterior{ext.replace('.gz', '')}"
 
 
-def chi2_limit(n: int) -> float:
-    r"""Reduced chi-square above which a mean misses ``n`` measurements: five standard
-    deviations of the statistic for exact data (:math:`\sqrt{2/n}` each), at least 0.25."""
-    return 1.0 + max(0.25, 5.0 * math.sqrt(2.0 / max(n, 1)))
-
-
 def quality(
     post: Posterior,
     truth: torch.Tensor | None,
@@ -129,7 +122,8 @@ def quality(
     data_term: DataTerm | None = None,
 ) -> dict:
     """PSNR/SSIM of the mean, 90% coverage (when the truth is known) and the data misfit, with
-    the limit above which the fit is poor (:func:`chi2_limit`).
+    the limit above which the fit is poor (:func:`chi2_limit`); ``retried``: the measurements
+    whose last levels the solver ran again because their first mean missed the data.
 
     :param data_term: the solver's data term bound to ``physics`` (its noise model: Gaussian or
         Poisson); without it, the Gaussian ``noise_sigma`` of the posterior's settings, if any.
@@ -144,6 +138,9 @@ def quality(
     if data_term is not None and data_term.kind != "mse":
         scores["reduced_chi2_mean"] = float(data_term.reduced_chi2(ax, y).mean())
         scores["reduced_chi2_limit"] = chi2_limit(ax[0].numel())
+    retried = [h["retry"] for h in post.history if "retry" in h]
+    if retried:  # DWGF's image_retry redid the last levels of that many measurements
+        scores["retried"] = float(sum(retried))
     if truth is not None and truth.shape == mean.shape:
         scores["psnr"] = float(psnr(mean, truth))
         scores["ssim"] = float(ssim(mean, truth))

@@ -161,6 +161,16 @@ class LatentSolver(Reconstructor):
         instead of the samples). Here: ``x`` unchanged, no conditional means."""
         return x, None
 
+    def finish(
+        self, state: Any, problem: Problem, history: list[dict[str, float]]
+    ) -> tuple[Tensor, Tensor, Tensor | None]:
+        """After the last step: the final latents, the samples decoded from them
+        (:meth:`finalize_images`) and their conditional means, if any. A solver that checks its
+        result and revises it (appending to ``history`` what it did) overrides this."""
+        z = self.final_latents(state, problem).detach()
+        x, conditional_means = self.finalize_images(self.render_no_grad(z), z, problem)
+        return z, x, conditional_means
+
     # ------------------------------------------------------------------ shared helpers
     def alpha_bar(self, t: int, problem: Problem) -> float:
         r""":math:`\bar\alpha_t` as a Python float."""
@@ -248,10 +258,8 @@ class LatentSolver(Reconstructor):
                 if callback is not None:
                     callback(i, int(t), info, state)
         loop_time = time.perf_counter() - start
-        z = self.final_latents(state, problem).detach()
-        x = self.render_no_grad(z)
         with torch.enable_grad():
-            x, conditional_means = self.finalize_images(x, z, problem)
+            z, x, conditional_means = self.finish(state, problem, history)
         total = time.perf_counter() - start
         b, n = problem.batch, problem.particles
         return Posterior(

@@ -12,6 +12,8 @@ r"""Data terms: the negative log-likelihood :math:`-\log p(y \mid x)` that solve
 
 from __future__ import annotations
 
+import math
+
 import torch
 from deepinv.optim import L2, PoissonLikelihood
 from deepinv.physics import Physics
@@ -101,3 +103,9 @@ class DataTerm:
         elif self.kind == "poisson":
             r2 = r2 / (self.gain * (ax.clamp_min(0) + self.background)).clamp_min(1e-12)
         return r2.flatten(1).mean(1)
+
+
+def chi2_limit(n: int) -> float:
+    r"""Reduced chi-square above which a mean misses ``n`` measurements: five standard
+    deviations of the statistic for exact data (:math:`\sqrt{2/n}` each), at least 0.25."""
+    return 1.0 + max(0.25, 5.0 * math.sqrt(2.0 / max(n, 1)))
