@@ -788,7 +788,8 @@ class DWGF(LatentSolver):
         data (reduced chi-square above :func:`~dwgf_sci.solvers.likelihood.chi2_limit` of
         the number of measurements), the levels from noise level ``image_retry`` on are run
         again from the state kept before them, with the latent RTO step, and that
-        measurement's particles are replaced by the new ones. ``history`` gets one entry
+        measurement's particles are replaced by the new ones (the levels run for the whole
+        batch; a measurement that fits keeps its first result). ``history`` gets one entry
         ``{"retry": number of measurements redone, "chi2_before": their worst chi2}``."""
         z, x, means = super().finish(state, problem, history)
         if not isinstance(state, SMCState) or state.snapshot is None:
