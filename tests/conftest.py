@@ -48,7 +48,7 @@ def tiny_blur_problem(tiny_latent_prior):
     with torch.no_grad():
         x = prior.from_model(prior.decode(z))
     physics = dinv.physics.BlurFFT(
-        img_size=(1, 32, 32), filter=dinv.physics.functional.blur.gaussian_blur(1.0)
+        img_size=(1, 32, 32), filter=dinv.physics.blur.gaussian_blur(1.0)
     )
     physics.noise_model = dinv.physics.GaussianNoise(0.01 * float(x.abs().max()))
     return physics, physics(x)

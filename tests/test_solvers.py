@@ -136,7 +136,7 @@ def test_default_preset_fits_the_data_with_a_learned_decoder(tiny_latent_prior):
         prior.decode(torch.randn(1, *prior.latent_shape((1, 32, 32)), generator=g))
     )
     physics = dinv.physics.BlurFFT(
-        img_size=(1, 32, 32), filter=dinv.physics.functional.blur.gaussian_blur(1.0)
+        img_size=(1, 32, 32), filter=dinv.physics.blur.gaussian_blur(1.0)
     )
     sigma = 0.01 * float(x.abs().max())
     physics.noise_model = dinv.physics.GaussianNoise(sigma)
@@ -621,7 +621,7 @@ def test_cg_start_switches_from_the_centre_to_the_current_particle_at_low_noise(
     # from the current particle below; "centre" and "current" keep one start at every level
     prior = tiny_latent_prior
     physics = dinv.physics.BlurFFT(
-        img_size=(1, 32, 32), filter=dinv.physics.functional.blur.gaussian_blur(1.0)
+        img_size=(1, 32, 32), filter=dinv.physics.blur.gaussian_blur(1.0)
     )
     physics.noise_model = dinv.physics.GaussianNoise(0.05)
     y = physics(torch.rand(1, 1, 32, 32, generator=torch.Generator().manual_seed(0)))
