@@ -240,6 +240,14 @@ lost 2.2-2.8 dB), Fourier sampling +0.49 (one of 2 retried, +0.97), random sensi
 of 2 retried, +0.26, chi2 3.61 -> 2.48), and no retry, so no change, on inpainting, Poisson
 deconvolution and the three CT tasks. A retried 64 px galaxy costs about 1-2 s more. The fast
 preset takes ``image_retry=0.1``.
+
+Where the image-space CG starts does not explain the fast preset's gap on limited-angle CT
+(``fast-retry-centre``, ``fast-retry-current``: the fast preset from the prior's draw or the
+previous draw at every level; ``--tasks ct-limited-90 --n 3``): 29.06 and 29.08 dB against
+29.24 / 28.54 for the two problems also run with ``fast-image-pcg``, within 0.1 dB problem by
+problem (the phantoms' 20 CG iterations converge from either start). The latent step
+(``default-pcg``) is 4.6 dB above there: its decoder Jacobian ties what the missing wedge
+hides to what the data show, which the image step's isotropic image prior cannot.
 """
 
 from __future__ import annotations
@@ -354,6 +362,10 @@ CONFIGS: dict[str, dict[str, Any]] = {
     },
     # the image step with the latent RTO step at the last two levels (noise level below 0.1)
     "fast-image-until01": {**PIXERR, "likelihood_step": "image", "image_until": 0.1},
+    # the fast preset with its image-space CG started from the prior's draw at every level,
+    # or from the previous level's draw at every level
+    "fast-retry-centre": {"preset": "fast", "cg_start": "centre"},
+    "fast-retry-current": {"preset": "fast", "cg_start": "current"},
     # the image step, rerunning the last two levels with the latent RTO step only where the
     # posterior mean misses the data (reduced chi2 above its limit)
     "fast-image-retry01": {
