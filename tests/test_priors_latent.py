@@ -71,7 +71,9 @@ def test_build_is_seeded_and_validated() -> None:
         build_latent_prior(image_size=32, vae_channels=(8, 8), unet_channels=(8, 8), stretch="log")
 
 
-def test_save_and_load_round_trip(prior: LatentDiffusionPrior, tmp_path: Path) -> None:
+def test_save_and_load_round_trip(
+    prior: LatentDiffusionPrior, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
     out = prior.save_pretrained(tmp_path / "ldm")
     files = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
     weights = [f for f in files if not f.endswith(".json")]
@@ -86,8 +88,11 @@ def test_save_and_load_round_trip(prior: LatentDiffusionPrior, tmp_path: Path) -
     with pytest.raises(OutputExistsError):
         prior.save_pretrained(out)
 
+    capfd.readouterr()
     loaded = LatentDiffusionPrior.from_pretrained(out, device="cpu")
     via_registry = load_prior(out, device="cpu")
+    # no advice to install an optional package we do not need (diffusers' accelerate warning)
+    assert "accelerate" not in capfd.readouterr().err
     assert isinstance(via_registry, LatentDiffusionPrior)
     x, z = _images(), _latents()
     with torch.no_grad():

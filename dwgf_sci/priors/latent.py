@@ -54,6 +54,7 @@ VAE scaling, channel mapping and the conversion of any prediction type to noise.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
@@ -290,6 +291,15 @@ def require_subfolders(folder: Path, names: Sequence[str], what: str) -> None:
             f"{folder} is not a saved {what}: missing component folder(s) "
             f"{', '.join(m + '/' for m in missing)} (expected {', '.join(n + '/' for n in names)})"
         )
+
+
+def network_load_options() -> dict[str, Any]:
+    """Keyword options of diffusers' ``from_pretrained`` for our networks: without the optional
+    ``accelerate`` package, the plain loading path, named explicitly (diffusers would choose it
+    too, after a warning that asks the user to install a package they do not need)."""
+    if importlib.util.find_spec("accelerate") is None:
+        return {"low_cpu_mem_usage": False}
+    return {}
 
 
 def load_scheduler(source: str | os.PathLike[str], **kwargs: Any) -> SchedulerMixin:
@@ -721,7 +731,12 @@ class LatentDiffusionPrior(AutoencoderPrior):
         refuse_pickle_weights(path, ("vae", "unet"))
         dev = resolve_device(device)
         dt = resolve_dtype(dtype, dev, half_on_cuda=False)
-        opts: dict[str, Any] = {"local_files_only": True, "use_safetensors": True, "dtype": dt}
+        opts: dict[str, Any] = {
+            "local_files_only": True,
+            "use_safetensors": True,
+            "dtype": dt,
+            **network_load_options(),
+        }
         try:
             vae = AutoencoderKL.from_pretrained(path, subfolder="vae", **opts)
             unet = UNet2DModel.from_pretrained(path, subfolder="unet", **opts)

@@ -52,6 +52,7 @@ from ..errors import ConfigError, FileFormatError
 from .latent import (
     AutoencoderPrior,
     load_scheduler,
+    network_load_options,
     prepare_save_folder,
     read_prior_config,
     require_subfolders,
@@ -403,8 +404,9 @@ class StableDiffusionPrior(AutoencoderPrior):
             with warnings.catch_warnings():
                 # diffusers passes an argument huggingface_hub deprecated: not the user's concern
                 warnings.filterwarnings("ignore", message=".*local_dir_use_symlinks.*")
-                vae = AutoencoderKL.from_pretrained(source, subfolder="vae", **weights)
-                unet = UNet2DConditionModel.from_pretrained(source, subfolder="unet", **weights)
+                nets = {**weights, **network_load_options()}
+                vae = AutoencoderKL.from_pretrained(source, subfolder="vae", **nets)
+                unet = UNet2DConditionModel.from_pretrained(source, subfolder="unet", **nets)
                 text_encoder = CLIPTextModel.from_pretrained(
                     source, subfolder="text_encoder", **weights
                 )
