@@ -366,6 +366,8 @@ CONFIGS: dict[str, dict[str, Any]] = {
     # or from the previous level's draw at every level
     "fast-retry-centre": {"preset": "fast", "cg_start": "centre"},
     "fast-retry-current": {"preset": "fast", "cg_start": "current"},
+    # the fast preset with the decoder's per-pixel error in its image-space prior
+    "fast-retry-error": {"preset": "fast", "image_error": True},
     # the image step, rerunning the last two levels with the latent RTO step only where the
     # posterior mean misses the data (reduced chi2 above its limit)
     "fast-image-retry01": {

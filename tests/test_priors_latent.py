@@ -74,7 +74,11 @@ def test_build_is_seeded_and_validated() -> None:
 def test_save_and_load_round_trip(
     prior: LatentDiffusionPrior, tmp_path: Path, capfd: pytest.CaptureFixture[str]
 ) -> None:
-    out = prior.save_pretrained(tmp_path / "ldm")
+    prior.solver_hints = {"image_error": True}
+    try:
+        out = prior.save_pretrained(tmp_path / "ldm")
+    finally:
+        prior.solver_hints = {}
     files = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
     weights = [f for f in files if not f.endswith(".json")]
     assert weights == [
@@ -101,6 +105,7 @@ def test_save_and_load_round_trip(
             assert other.data_scale == prior.data_scale
             assert other.data_offset == prior.data_offset
             assert other.metadata == prior.metadata
+            assert other.solver_hints == {"image_error": True}
             assert torch.equal(other.alphas_cumprod, prior.alphas_cumprod)
             assert torch.equal(other.encode(x), prior.encode(x))
             assert torch.equal(other.decode(z), prior.decode(z))

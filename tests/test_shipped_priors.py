@@ -28,6 +28,10 @@ def test_shipped_priors_are_installed_small_and_documented():
         assert "dwgf-sci train-prior" in card and "Held-out acceptance metrics" in card
         metrics = json.loads((folder / "prior_metrics.json").read_text())
         assert metrics  # measured by benchmarks/prior_metrics.py
+    # the solver settings chosen on each prior's validation problems (model cards say why)
+    assert load_prior("ct-64").solver_hints == {"image_error": True}
+    assert load_prior("galaxy-64").solver_hints == {}
+    assert "Solver hints" in (WEIGHTS_DIR / "ct-64" / "README.md").read_text()
 
 
 @pytest.mark.parametrize(("task", "baseline"), [("galaxy-deconv", "wiener"), ("ct-20", "fbp")])

@@ -181,6 +181,28 @@ def test_image_step_runs_without_decoder_backward(tiny_latent_prior, tiny_blur_p
         DWGF(prior, likelihood_step="image", data_term="mse", steps=2)(y, physics)
 
 
+def test_image_error_auto_takes_the_prior_s_hint(tiny_latent_prior, tiny_blur_problem):
+    prior = tiny_latent_prior
+    physics, y = tiny_blur_problem
+    kw = {"preset": "fast", "particles": 2, "steps": 4, "seed": 0, "decoder_error": 0.05}
+    assert prior.solver_hints == {} and DWGF(prior, preset="fast").image_error is False
+    off = DWGF(prior, **kw)(y, physics)
+    on = DWGF(prior, image_error=True, **kw)(y, physics)
+    prior.solver_hints = {"image_error": True}
+    try:
+        auto = DWGF(prior, **kw)
+        assert auto.image_error is True and auto.settings()["image_error"] is True
+        hinted = auto(y, physics)
+        assert DWGF(prior, image_error=False, **kw).image_error is False  # explicit wins
+    finally:
+        prior.solver_hints = {}
+    # the hint changes the run exactly as the explicit setting does
+    assert torch.equal(hinted.samples, on.samples)
+    assert not torch.equal(on.samples, off.samples)
+    with pytest.raises(ConfigError, match="image_error"):
+        DWGF(prior, image_error="yes")
+
+
 def test_image_retry_reruns_the_last_levels_where_the_mean_misses_the_data(
     tiny_latent_prior, tiny_blur_problem
 ):

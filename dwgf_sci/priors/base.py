@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -95,6 +96,10 @@ class LatentPrior(nn.Module):
         self.decoder_sigma = 0.0
         #: Per-pixel model of that error (:class:`~dwgf_sci.priors.DecoderErrorModel`), or None.
         self.decoder_error_model: DecoderErrorModel | None = None
+        #: Solver settings chosen for this prior on its validation problems, which solvers
+        #: take where an option is ``"auto"`` (e.g. ``{"image_error": True}``, see
+        #: :class:`~dwgf_sci.solvers.DWGF`); saved with the prior.
+        self.solver_hints: dict[str, Any] = {}
         self.calls: Counter[str] = Counter()
 
     # ------------------------------------------------------------------ units

@@ -528,6 +528,8 @@ class LatentDiffusionPrior(AutoencoderPrior):
     :param decoder_error_model: the per-pixel model of that error
         (:class:`~dwgf_sci.priors.DecoderErrorModel` or its ``to_dict`` form; ``train-prior``
         fits it; None: none).
+    :param dict solver_hints: solver settings chosen for this prior on validation problems,
+        taken by a solver's ``"auto"`` options (see :attr:`LatentPrior.solver_hints`).
     """
 
     def __init__(
@@ -546,6 +548,7 @@ class LatentDiffusionPrior(AutoencoderPrior):
         metadata: Mapping[str, Any] | None = None,
         decoder_sigma: float = 0.0,
         decoder_error_model: DecoderErrorModel | Mapping[str, Any] | None = None,
+        solver_hints: Mapping[str, Any] | None = None,
     ) -> None:
         scale, offset = unit_map(data_range, data_scale, data_offset, default_range=None)
         decoder_sigma = float(decoder_sigma)
@@ -608,6 +611,7 @@ class LatentDiffusionPrior(AutoencoderPrior):
         if isinstance(decoder_error_model, Mapping):
             decoder_error_model = DecoderErrorModel.from_dict(decoder_error_model)
         self.decoder_error_model = decoder_error_model
+        self.solver_hints = dict(solver_hints or {})
 
     # ------------------------------------------------------------------ units
     def to_model(self, x: Tensor) -> Tensor:
@@ -678,6 +682,7 @@ class LatentDiffusionPrior(AutoencoderPrior):
             "decoder_error_model": None
             if self.decoder_error_model is None
             else self.decoder_error_model.to_dict(),
+            "solver_hints": self.solver_hints,
             "metadata": self.metadata,
         }
 
@@ -757,6 +762,7 @@ class LatentDiffusionPrior(AutoencoderPrior):
             metadata=settings.get("metadata") or {},
             decoder_sigma=float(settings.get("decoder_sigma", 0.0)),
             decoder_error_model=settings.get("decoder_error_model"),
+            solver_hints=settings.get("solver_hints"),
         )
         return prior.to(dev)
 

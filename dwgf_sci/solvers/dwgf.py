@@ -253,7 +253,7 @@ DEFAULT: dict[str, Any] = {
     "refine_cg_tol": 0.0,
     "image_until": 0.0,
     "image_retry": 0.0,
-    "image_error": False,
+    "image_error": "auto",
 }
 
 #: SMC settings used when a preset does not name them (the reference preset is a flow).
@@ -300,7 +300,10 @@ SMC_DEFAULTS: dict[str, Any] = {
 #: the latent step only where the posterior mean misses the data (``image_retry=0.1``,
 #: :meth:`DWGF.finish`): on the validation problems that retried 2 of 16 galaxies (+3.3 and
 #: +2.6 dB), 1 of 2 Fourier-sampling (+1.0) and 1 of 2 random-sensing problems (+0.3), and
-#: left every other result unchanged.
+#: left every other result unchanged. Its ``image_error`` is the prior's choice (``"auto"``):
+#: on the CT prior's validation problems the decoder's error in the image prior gained 2.5 dB on
+#: limited-angle CT and 0.4 dB on 20-view CT (60 views: unchanged), so ``ct-64`` turns it on;
+#: on galaxy deconvolution it lost 2.1 dB, so ``galaxy-64`` does not.
 FAST: dict[str, Any] = {
     **DEFAULT,
     "likelihood_step": "image",
@@ -432,11 +435,14 @@ class DWGF(LatentSolver):
         mean of a measurement misses its data (reduced chi-square above
         :func:`~dwgf_sci.solvers.likelihood.chi2_limit`; :meth:`finish`). 0 (default) never
         retries; the fast preset uses 0.1 (the last two of 50 levels).
-    :param bool image_error: whether the ``"image"`` step's image-space prior adds the
-        decoder's per-pixel error variance (:meth:`decoder_error_map`) to the decoder's gain
-        (default False). On validation problems it gained 3.2 dB on limited-angle CT and
-        5.7 dB on Fourier sampling and lost 2.4 dB on galaxy deconvolution and 2.5 dB on
-        random sensing (``benchmarks/tune_dwgf_fast.py``).
+    :param image_error: whether the ``"image"`` step's image-space prior adds the
+        decoder's per-pixel error variance (:meth:`decoder_error_map`) to the decoder's gain:
+        True, False, or ``"auto"`` (default), the prior's choice
+        (``prior.solver_hints["image_error"]``, chosen on its validation problems; False
+        when the prior has none). On validation problems it gained 2.5 dB on limited-angle CT,
+        0.4 dB on 20-view CT and 6 dB on Fourier sampling and lost 2.1 dB on galaxy
+        deconvolution (``benchmarks/tune_dwgf_fast.py``), so the shipped ``ct-64`` prior
+        turns it on and ``galaxy-64`` leaves it off.
     :param int mala_steps: MALA steps per level and sweep (one decoder forward and backward
         each).
     :param float mala_accept: MALA acceptance rate the step size adapts to. The step is
@@ -534,7 +540,7 @@ class DWGF(LatentSolver):
         refine_cg_tol: float | None = None,
         image_until: float | None = None,
         image_retry: float | None = None,
-        image_error: bool | None = None,
+        image_error: bool | str | None = None,
         **kwargs: Any,
     ) -> None:
         if preset not in PRESETS:
@@ -613,7 +619,7 @@ class DWGF(LatentSolver):
         self.refine_cg_tol = float(cfg["refine_cg_tol"])
         self.image_until = float(cfg["image_until"])
         self.image_retry = float(cfg["image_retry"])
-        self.image_error = bool(cfg["image_error"])
+        self.image_error = self._resolve_image_error(cfg["image_error"])
         self._check()
 
     @classmethod
@@ -768,6 +774,15 @@ class DWGF(LatentSolver):
                 problem.extras.update(image=state.image, image_base=state.image_base)
             return state.z.reshape(problem.n, *problem.latent_shape).to(problem.dtype)
         return state.z
+
+    def _resolve_image_error(self, value: bool | str) -> bool:
+        """``image_error`` as a bool: ``"auto"`` takes the prior's ``solver_hints``."""
+        if value == "auto":
+            hints = getattr(self.prior, "solver_hints", None) or {}
+            return bool(hints.get("image_error", False))
+        if not isinstance(value, bool):
+            raise ConfigError(f"image_error must be True, False or 'auto', found {value!r}")
+        return value
 
     def _arms_retry(self, state: SMCState, t: int, problem: Problem) -> bool:
         """Whether the level at timestep ``t`` is the first one with noise level at most
