@@ -301,9 +301,9 @@ SMC_DEFAULTS: dict[str, Any] = {
 #: :meth:`DWGF.finish`): on the validation problems that retried 2 of 16 galaxies (+3.3 and
 #: +2.6 dB), 1 of 2 Fourier-sampling (+1.0) and 1 of 2 random-sensing problems (+0.3), and
 #: left every other result unchanged. Its ``image_error`` is the prior's choice (``"auto"``):
-#: on the CT prior's validation problems the decoder's error in the image prior gained 2.5 dB on
+#: on the CT prior's validation problems the decoder's error in the image prior gained 2.8 dB on
 #: limited-angle CT and 0.4 dB on 20-view CT (60 views: unchanged), so ``ct-64`` turns it on;
-#: on galaxy deconvolution it lost 2.1 dB, so ``galaxy-64`` does not.
+#: on galaxy deconvolution it lost 2.3 dB, so ``galaxy-64`` does not.
 FAST: dict[str, Any] = {
     **DEFAULT,
     "likelihood_step": "image",
@@ -439,8 +439,8 @@ class DWGF(LatentSolver):
         decoder's per-pixel error variance (:meth:`decoder_error_map`) to the decoder's gain:
         True, False, or ``"auto"`` (default), the prior's choice
         (``prior.solver_hints["image_error"]``, chosen on its validation problems; False
-        when the prior has none). On validation problems it gained 2.5 dB on limited-angle CT,
-        0.4 dB on 20-view CT and 6 dB on Fourier sampling and lost 2.1 dB on galaxy
+        when the prior has none). On validation problems it gained 2.8 dB on limited-angle CT,
+        0.4 dB on 20-view CT and 6 dB on Fourier sampling and lost 2.3 dB on galaxy
         deconvolution (``benchmarks/tune_dwgf_fast.py``), so the shipped ``ct-64`` prior
         turns it on and ``galaxy-64`` leaves it off.
     :param int mala_steps: MALA steps per level and sweep (one decoder forward and backward
