@@ -98,7 +98,8 @@ class LatentPrior(nn.Module):
         self.decoder_error_model: DecoderErrorModel | None = None
         #: Solver settings chosen for this prior on its validation problems, which solvers
         #: take where an option is ``"auto"`` (e.g. ``{"image_error": True}``, see
-        #: :class:`~dwgf_sci.solvers.DWGF`); saved with the prior.
+        #: :class:`~dwgf_sci.solvers.DWGF`); ``LatentDiffusionPrior`` saves them in its
+        #: ``dwgf_prior.json``, other priors start empty.
         self.solver_hints: dict[str, Any] = {}
         self.calls: Counter[str] = Counter()
 
