@@ -26,8 +26,8 @@ from pathlib import Path
 import deepinv as dinv
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
 from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 
 from dwgf_sci.operators import MatrixOperator
 from dwgf_sci.priors import GaussianMixturePrior
@@ -111,8 +111,16 @@ CASES: dict[str, tuple[str, Callable]] = {
     "mix-flow-sgd-pinv-refine": (
         "mix",
         lambda p: DWGF(
-            p, scheme="flow", optimizer="sgd", temperature=0.0, lr=0.05, init="pinv",
-            refine_steps=2, interaction=True, score_noise=True, **MIX,
+            p,
+            scheme="flow",
+            optimizer="sgd",
+            temperature=0.0,
+            lr=0.05,
+            init="pinv",
+            refine_steps=2,
+            interaction=True,
+            score_noise=True,
+            **MIX,
         ),  # fmt: skip
     ),
     # a learned decoder: the default (Gibbs + latent RTO) and fast (image step) presets
@@ -125,7 +133,12 @@ CASES: dict[str, tuple[str, Callable]] = {
     "tiny-fast-image-error-until-tol": (
         "tiny",
         lambda p: DWGF(
-            p, "fast", image_error=True, image_until=0.5, refine_cg_tol=0.5, decoder_error=0.02,
+            p,
+            "fast",
+            image_error=True,
+            image_until=0.5,
+            refine_cg_tol=0.5,
+            decoder_error=0.02,
             **TINY,
         ),  # fmt: skip
     ),
