@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -66,7 +66,20 @@ class LatentPrior(nn.Module):
     :param float data_scale: physical units per model unit: ``x_phys = data_scale * x_model +
         data_offset``.
     :param float data_offset: see ``data_scale``.
+
+    **Capabilities.** A prior declares what solvers may rely on through class attributes; no
+    solver tests a prior's concrete class, so a user's own subclass that declares the same
+    capabilities gets exactly the same sampler as ours.
+
+    * :attr:`affine_decoder`: the decoder is affine, :math:`D(z) = W z + b` (an identity or
+      linear decoder). Solvers then evaluate the likelihood at noisy latents (DWGF's
+      split-Gibbs SMC) and, for a linear physics with Gaussian noise, draw the likelihood step
+      exactly from the matrix of :math:`z \mapsto A(D(z))`.
     """
+
+    #: The decoder is affine in the latent (see the class documentation). False unless a
+    #: subclass declares it.
+    affine_decoder: ClassVar[bool] = False
 
     def __init__(
         self,

@@ -34,7 +34,7 @@ Vectors use the image layout of the rest of the package: a latent batch is ``(B,
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -561,6 +561,8 @@ class GaussianMixturePrior(LatentPrior):
     :param data_offset: see ``data_scale``.
     :param dtype: floating dtype of the parameters; default that of ``means`` (float32 otherwise).
     """
+
+    affine_decoder: ClassVar[bool] = True
 
     def __init__(
         self,
