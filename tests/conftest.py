@@ -36,6 +36,18 @@ def tiny_latent_prior():
     return build_tiny_latent_prior(image_size=32, seed=0)
 
 
+@pytest.fixture(scope="session")
+def prior_dir(tmp_path_factory):
+    """The tiny 32 px prior saved with ``save_pretrained``: a folder to pass as ``--prior``.
+
+    Shared by every test of the session, so read it only (copy it before changing anything)."""
+    from dwgf_sci.priors.tiny import build_tiny_latent_prior
+
+    folder = tmp_path_factory.mktemp("prior") / "tiny"
+    build_tiny_latent_prior(image_size=32, seed=0).save_pretrained(folder)
+    return folder
+
+
 @pytest.fixture
 def tiny_blur_problem(tiny_latent_prior):
     """A 32 px image decoded from a random latent of the tiny prior, blurred (Gaussian, sigma 1

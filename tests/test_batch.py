@@ -27,15 +27,7 @@ from dwgf_sci.pipelines.manifest import (
 from dwgf_sci.pipelines.reconstruct import chi2_limit
 from dwgf_sci.pipelines.simulate import simulate
 from dwgf_sci.priors import load_prior
-from dwgf_sci.priors.tiny import build_tiny_latent_prior
 from dwgf_sci.solvers import DWGF
-
-
-@pytest.fixture(scope="module")
-def prior_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("prior") / "tiny"
-    build_tiny_latent_prior(image_size=32, seed=0).save_pretrained(folder)
-    return folder
 
 
 @pytest.fixture(scope="module")

@@ -14,14 +14,6 @@ from astropy.wcs import WCS
 from dwgf_sci.cli import main
 from dwgf_sci.io import read_fits, read_hdf5, read_provenance, write_fits
 from dwgf_sci.io.measurement import read_measurement
-from dwgf_sci.priors.tiny import build_tiny_latent_prior
-
-
-@pytest.fixture(scope="module")
-def prior_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("prior") / "tiny"
-    build_tiny_latent_prior(image_size=32, seed=0).save_pretrained(folder)
-    return folder
 
 
 def test_console_script_and_help(capsys):

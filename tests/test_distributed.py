@@ -18,14 +18,6 @@ from dwgf_sci.operators import resolve_spec
 from dwgf_sci.pipelines.distributed import Comm, batch_comm
 from dwgf_sci.pipelines.manifest import MANIFEST_NAME
 from dwgf_sci.pipelines.simulate import simulate
-from dwgf_sci.priors.tiny import build_tiny_latent_prior
-
-
-@pytest.fixture(scope="module")
-def prior_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("prior") / "tiny"
-    build_tiny_latent_prior(image_size=32, seed=0).save_pretrained(folder)
-    return folder
 
 
 @pytest.fixture(scope="module")

@@ -31,7 +31,6 @@ from dwgf_sci.io.measurement import read_measurement
 from dwgf_sci.operators import resolve_spec
 from dwgf_sci.operators.specs import PRESETS, SPEC_TYPES
 from dwgf_sci.pipelines.simulate import simulate
-from dwgf_sci.priors.tiny import build_tiny_latent_prior
 
 #: ``DWGF_FUZZ_SCALE=10`` runs ten times more examples (a longer campaign than CI's).
 SCALE = max(1, int(os.environ.get("DWGF_FUZZ_SCALE", "1")))
@@ -83,13 +82,6 @@ def ours_or_result(action: Callable[[], Any]) -> Any:
         except DwgfError as exc:
             assert str(exc).strip(), "an error without a message"
             return exc
-
-
-@pytest.fixture(scope="module")
-def prior_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("prior") / "tiny"
-    build_tiny_latent_prior(image_size=32, seed=0).save_pretrained(folder)
-    return folder
 
 
 class Blobs(dict):
