@@ -1,5 +1,6 @@
-"""Exactness tests of the Gaussian-mixture prior, the dense operator, the sliced Wasserstein
-distance and the MCGdiff mixture benchmark (all CPU, float64 where exactness is checked)."""
+"""Exactness tests of the Gaussian-mixture prior, the sliced Wasserstein distance and the MCGdiff
+mixture benchmark (all CPU, float64 where exactness is checked). The dense ``MatrixOperator``
+passes the operator contract in test_operators.py."""
 
 from __future__ import annotations
 
@@ -21,7 +22,6 @@ from dwgf_sci.benchmark import (
 from dwgf_sci.errors import (
     ConfigError,
     InvalidDataError,
-    OperatorMismatchError,
     ShapeError,
 )
 from dwgf_sci.metrics import sliced_wasserstein
@@ -217,61 +217,6 @@ def test_noisy_posterior_score_matches_brute_force_in_2d():
     got = prior.noisy_posterior_score(z_t.reshape(3, 2, 1, 1), t, a, y, sigma)
     assert got.shape == (3, 2, 1, 1)
     torch.testing.assert_close(got.reshape(3, 2), expected, rtol=1e-6, atol=1e-6)
-
-
-# ---------------------------------------------------------------------------------- operator
-@pytest.mark.parametrize(("dtype", "tol"), [(torch.float32, 1e-3), (F64, 1e-8)])
-@pytest.mark.parametrize("shape", [(6, 12), (20, 12)])
-def test_matrix_operator_adjoint_and_pseudo_inverse(dtype, tol, shape):
-    g = torch.Generator().manual_seed(2)
-    mat = torch.randn(*shape, generator=g, dtype=dtype)
-    op = MatrixOperator(mat, (3, 2, 2))
-    assert float(op.adjointness_test(img_size=(3, 2, 2), dtype=dtype, num_samples=8)) < tol
-    x = torch.randn(4, 3, 2, 2, generator=g, dtype=dtype)
-    y = op.A(x)
-    assert y.shape == (4, shape[0]) and y.dtype == dtype
-    # autograd adjoint agrees with the closed form
-    v = torch.randn_like(y)
-    xr = x.clone().requires_grad_(True)
-    (vjp,) = torch.autograd.grad((op.A(xr) * v).sum(), xr)
-    torch.testing.assert_close(vjp, op.A_adjoint(v))
-    # pseudo-inverse: the SVD one agrees with pinv and round-trips on the right side
-    pinv = torch.linalg.pinv(mat.double())
-    x_dag = op.A_dagger(y)
-    assert x_dag.shape == x.shape
-    rtol = 1e-4 if dtype == torch.float32 else 1e-10
-    torch.testing.assert_close(
-        x_dag.reshape(4, -1).double(), y.double() @ pinv.T, rtol=rtol, atol=rtol
-    )
-    if shape[0] < 12:  # wide: A A+ y = y
-        torch.testing.assert_close(op.A(x_dag), y, rtol=rtol, atol=rtol)
-    else:  # tall: A+ A x = x
-        torch.testing.assert_close(x_dag, x, rtol=rtol, atol=rtol)
-    s_max = float(torch.linalg.svdvals(mat.double())[0])
-    assert abs(float(op.compute_norm()) - s_max**2) < 1e-4 * s_max**2
-
-
-def test_matrix_operator_buffers_spec_and_errors():
-    mat = torch.randn(3, 4)
-    op = MatrixOperator(mat, (1, 2, 2))
-    assert op.spec() == {
-        "type": "matrix",
-        "shape": [3, 4],
-        "img_size": [1, 2, 2],
-        "dtype": "float32",
-    }
-    assert "matrix" in op.state_dict()
-    c = op.clone()
-    x = torch.randn(2, 1, 2, 2)
-    torch.testing.assert_close(c.A(x), op.A(x))
-    op64 = MatrixOperator(mat, (1, 2, 2)).to(F64)
-    assert op64.A(x.double()).dtype == F64
-    with pytest.raises(OperatorMismatchError):
-        op.A(torch.randn(2, 1, 3, 3))
-    with pytest.raises(OperatorMismatchError):
-        op.A_adjoint(torch.randn(2, 4))
-    with pytest.raises(OperatorMismatchError):
-        MatrixOperator(mat, (1, 3, 3))
 
 
 # ---------------------------------------------------------------------------------- metric

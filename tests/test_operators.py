@@ -45,6 +45,12 @@ def _bad_map() -> np.ndarray:
     return rng.random((N, N)) < 0.2
 
 
+def _matrix(m: int, n: int, seed: int) -> torch.Tensor:
+    """A dense Gaussian ``(m, n)`` matrix scaled to a unit-order spectrum, in float64."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(m, n, generator=g, dtype=torch.float64) / n**0.5
+
+
 # name -> (builder(dtype), arrays for build_operator, kwargs for the least-squares A_dagger)
 Builder = Callable[[torch.dtype], object]
 OPERATORS: dict[str, tuple[Builder, dict, dict]] = {
@@ -118,6 +124,17 @@ OPERATORS: dict[str, tuple[Builder, dict, dict]] = {
         {},
         {},
     ),
+    # a user's dense matrix: wide (fewer measurements than pixels, several channels) and tall
+    "matrix-wide": (
+        lambda dt: ops.MatrixOperator(_matrix(60, 2 * 8 * 8, 7), (2, 8, 8), dtype=dt),
+        {"matrix": _matrix(60, 2 * 8 * 8, 7)},
+        {},
+    ),
+    "matrix-tall": (
+        lambda dt: ops.MatrixOperator(_matrix(50, 36, 8), (1, 6, 6), dtype=dt),
+        {"matrix": _matrix(50, 36, 8)},
+        {},
+    ),
 }
 NAMES = list(OPERATORS)
 
@@ -134,6 +151,23 @@ def _x(op, dtype: torch.dtype, batch: int = 2) -> torch.Tensor:
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).norm() / b.norm())
+
+
+def _from_spec(name: str, spec: dict, blank: bool = False):
+    """The operator a spec describes, given the registry's arrays.
+
+    A :class:`~dwgf_sci.operators.MatrixOperator`'s spec records the matrix's shape, not its
+    entries, so it is rebuilt from the registry's matrix (``blank``: from zeros of that shape,
+    which only a state dict can fill in). Every other spec goes through ``build_operator``.
+    """
+    arrays = OPERATORS[name][1]
+    if spec["type"] != "matrix":
+        return ops.build_operator(spec, **arrays)
+    matrix = arrays["matrix"]
+    assert list(matrix.shape) == spec["shape"]
+    if blank:
+        matrix = torch.zeros_like(matrix)
+    return ops.MatrixOperator(matrix, spec["img_size"], dtype=getattr(torch, spec["dtype"]))
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
@@ -184,7 +218,7 @@ def test_clone_state_dict_to(name: str) -> None:
     twin = op.clone()
     torch.testing.assert_close(twin.A(x), y)
     # a fresh operator of the same spec accepts the state dict and computes the same A
-    fresh = ops.build_operator(ops.physics_spec(op), **OPERATORS[name][1])
+    fresh = _from_spec(name, ops.physics_spec(op), blank=True)
     fresh.load_state_dict(op.state_dict())
     torch.testing.assert_close(fresh.A(x), y)
     # .to(dtype) keeps it an operator: exact adjoint in float64
@@ -223,7 +257,7 @@ def test_spec_round_trip(name: str) -> None:
     spec = ops.physics_spec(op)
     text = json.dumps(spec)  # JSON-serialisable, arrays not inline
     assert len(text) < 2000
-    rebuilt = ops.build_operator(json.loads(text), **OPERATORS[name][1])
+    rebuilt = _from_spec(name, json.loads(text))
     assert ops.physics_spec(rebuilt) == spec
     x = _x(op, torch.float32)
     torch.testing.assert_close(rebuilt.A(x), op.A(x))
@@ -273,3 +307,38 @@ def test_sizes_that_would_fill_the_memory_are_refused_before_allocating():
     with pytest.raises(ConfigError, match="ray grid"):
         ops.SparseViewCT(64, n_views=65536)  # 5e8 grid points, minutes to build
     assert ops.SparseViewCT(64, n_views=720).n_views == 720
+
+
+# ------------------------------------------------------------------ MatrixOperator's own promises
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("name", ["matrix-wide", "matrix-tall"])
+def test_matrix_pseudo_inverse_and_norm_come_from_the_svd(name: str, dtype: torch.dtype) -> None:
+    op = _make(name, dtype)
+    mat = OPERATORS[name][1]["matrix"]
+    m, n = mat.shape
+    y = torch.randn((3, m), dtype=dtype)
+    tol = 1e-4 if dtype == torch.float32 else 1e-10
+    expected = y.double() @ torch.linalg.pinv(mat).T  # A^+ y: least squares, minimum norm
+    got = op.A_dagger(y).reshape(3, -1).double()
+    torch.testing.assert_close(got, expected, rtol=tol, atol=tol)
+    s = torch.linalg.svdvals(mat)
+    assert float(op.compute_norm()) == pytest.approx(float(s[0]) ** 2, rel=tol)
+    # Tikhonov: (A^T A + reg I) x = A^T y
+    reg = 0.3
+    x_reg = op.A_dagger(y, reg=reg).reshape(3, -1).double()
+    normal = mat.T @ mat + reg * torch.eye(n, dtype=torch.float64)
+    torch.testing.assert_close(
+        x_reg, torch.linalg.solve(normal, mat.T @ y.double().T).T, rtol=tol, atol=tol
+    )
+
+
+def test_matrix_spec_and_a_matrix_that_does_not_fit_the_image() -> None:
+    op = ops.MatrixOperator(torch.randn(3, 4), (1, 2, 2))
+    assert op.spec() == {
+        "type": "matrix",
+        "shape": [3, 4],
+        "img_size": [1, 2, 2],
+        "dtype": "float32",
+    }
+    with pytest.raises(OperatorMismatchError, match="4 columns"):
+        ops.MatrixOperator(torch.randn(3, 4), (1, 3, 3))
