@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import deepinv as dinv
 import pytest
 import torch
@@ -113,11 +115,15 @@ def test_tv_beats_the_pseudo_inverse_on_a_noisy_piecewise_constant_image() -> No
     op = ops.FourierSampling((1, 32, 32), ratio=0.6, seed=3, dtype=torch.float64)
     y = op.A(x)
     y = y + 0.05 * torch.randn(y.shape, generator=torch.Generator().manual_seed(2), dtype=y.dtype)
+    start = time.perf_counter()
     tv = TVReconstruction(lam=0.05, iterations=100).sample(y, op)
+    wall = time.perf_counter() - start
     pinv = PseudoInverse().sample(y, op)
     assert tv.all_samples.shape == pinv.all_samples.shape == (1, 1, 1, 32, 32)
     assert float(psnr(tv.mean, x)) > float(psnr(pinv.mean, x)) + 2.0
-    assert tv.settings["lam"] == 0.05 and tv.timing["total_s"] >= 0
+    assert tv.settings["lam"] == 0.05
+    # the timing is the call's own, in seconds: within the wall time measured around it
+    assert 0.0 < tv.timing["total_s"] <= wall
     with pytest.raises(ConfigError):
         TVReconstruction(lam=-1.0)
 
