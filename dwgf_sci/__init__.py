@@ -8,15 +8,9 @@ Data flow from left to right: :mod:`~dwgf_sci.io` and :mod:`~dwgf_sci.datasets` 
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError, version
-
-try:
-    __version__ = version("dwgf-sci")
-except PackageNotFoundError:  # running from a source tree that is not installed
-    __version__ = "0.0.0+unknown"
-
-from . import datasets, errors, io, metrics, operators, priors, solvers  # noqa: E402
-from .solvers import DWGF, Posterior  # noqa: E402
+from . import datasets, errors, io, metrics, operators, priors, solvers
+from ._version import __version__
+from .solvers import DWGF, Posterior
 
 __all__ = [
     "DWGF",

@@ -237,7 +237,7 @@ def machine_info() -> dict[str, Any]:
     """Machine and library versions, for the results file."""
     import deepinv
 
-    from .. import __version__
+    from .._version import __version__
 
     info = {
         "platform": platform.platform(),

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from .atomic import atomic_output, check_output_path
 from .fits import read_fits, write_fits
+from .formats import read_provenance
 from .hdf5 import read_hdf5, write_hdf5
-from .provenance import make_provenance, normalize_provenance, read_provenance
+from .provenance import make_provenance, normalize_provenance
 
 __all__ = [
     "atomic_output",

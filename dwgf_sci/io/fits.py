@@ -20,25 +20,18 @@ detected as truncated.
 
 from __future__ import annotations
 
-import bz2
-import contextlib
-import gzip
-import io
-import lzma
 import re
 import warnings
-import zipfile
-import zlib
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, BinaryIO, TypeVar
+from typing import Any
 
 import numpy as np
 import torch
 from astropy.io import fits
 from astropy.io.fits.verify import VerifyError
 
-from ..errors import ConfigError, DwgfError, FileFormatError, InvalidDataError, ShapeError
+from ..errors import ConfigError, FileFormatError, InvalidDataError, ShapeError
 from ._common import (
     PathLike,
     array_for_write,
@@ -46,15 +39,34 @@ from ._common import (
     check_read_size,
     image_tensor,
     input_path,
-    max_read_values,
 )
 from .atomic import atomic_output, check_output_path
+from .fits_open import (
+    NHDU_KEYWORD,
+    HDUSpec,
+    check_fits_structure,
+    describe_hdus,
+    has_image_data,
+    hdu_axes,
+    hdu_label,
+    is_image_hdu,
+    resolve_hdu,
+    with_fits,
+)
 from .provenance import dumps, loads, resolve_provenance
 
-__all__ = ["STRUCTURAL_KEYWORDS", "check_fits_structure", "read_fits", "write_fits"]
+__all__ = [
+    "NHDU_KEYWORD",
+    "STRUCTURAL_KEYWORDS",
+    "HDUSpec",
+    "check_fits_structure",
+    "fits_provenance_text",
+    "image_hdu_data",
+    "read_fits",
+    "read_fits_provenance",
+    "write_fits",
+]
 
-HDUSpec = int | str | tuple[str, int] | None
-T = TypeVar("T")
 
 #: Header keywords describing the data layout or encoding; :func:`write_fits` drops them from the
 #: header it is given and lets astropy write the values that fit the new data. ``NAXISn`` too.
@@ -79,28 +91,10 @@ STRUCTURAL_KEYWORDS = frozenset(
 )
 _NAXIS_N = re.compile(r"^NAXIS\d+$")
 
-#: Card holding the number of HDUs a file was written with: a file cut at an HDU boundary is still
-#: valid FITS, so this is how the reader detects that extensions are missing.
-NHDU_KEYWORD = "DWGFNHDU"
-
 #: EXTNAMEs the writer reserves for itself.
 PROVENANCE_EXTNAME = "PROVENANCE"
 _RESERVED_EXTNAMES = frozenset({"PRIMARY", PROVENANCE_EXTNAME})
 _SUMMARY_PREFIX = "DWGF "
-
-#: Exceptions astropy raises on files it cannot parse.
-_PARSE_ERRORS = (
-    OSError,
-    ValueError,
-    TypeError,
-    IndexError,
-    KeyError,
-    EOFError,
-    VerifyError,
-    zlib.error,
-    lzma.LZMAError,
-    zipfile.BadZipFile,
-)
 
 
 def is_structural(keyword: str) -> bool:
@@ -114,289 +108,48 @@ def is_structural(keyword: str) -> bool:
 # --------------------------------------------------------------------------------------------------
 
 
-def _is_truncation(w: warnings.WarningMessage) -> bool:
-    return "truncated" in str(w.message).lower()
+def image_hdu_data(
+    hdul: fits.HDUList, hdu: HDUSpec, p: Path
+) -> tuple[np.ndarray, fits.Header, str]:
+    """The data and header (copied before the data is touched) of one image HDU of an open file.
 
-
-_BLOCK = 2880
-_VALID_BITPIX = frozenset({8, 16, 32, 64, -32, -64})
-#: Most HDUs, and most 2880-byte blocks in one header, the structure check walks through.
-_MAX_HDUS = 100_000
-_MAX_HEADER_BLOCKS = 10_000
-
-
-@contextlib.contextmanager
-def _decompressed(p: Path) -> Iterator[BinaryIO | None]:
-    """The file's bytes as astropy sees them (gzip, bzip2, xz and single-member zip undone);
-    None for a zip archive astropy would refuse anyway."""
-    with open(p, "rb") as fh:
-        magic = fh.read(6)
-    with contextlib.ExitStack() as stack:
-        if magic.startswith(b"\x1f\x8b\x08"):
-            yield stack.enter_context(gzip.open(p, "rb"))
-        elif magic.startswith(b"BZ"):
-            yield stack.enter_context(bz2.open(p, "rb"))
-        elif magic.startswith(b"\xfd7zXZ\x00"):
-            yield stack.enter_context(lzma.open(p, "rb"))
-        elif magic.startswith(b"PK\x03\x04"):
-            archive = stack.enter_context(zipfile.ZipFile(p))
-            names = archive.namelist()
-            yield stack.enter_context(archive.open(names[0])) if len(names) == 1 else None
-        else:
-            yield stack.enter_context(open(p, "rb"))
-
-
-def _read_header_bytes(fh: BinaryIO) -> bytes | None:
-    """The blocks of one header, END card included; None at the end of the file or when the
-    blocks hold no END card (astropy reports those cases itself)."""
-    blocks = []
-    for _ in range(_MAX_HEADER_BLOCKS):
-        block = fh.read(_BLOCK)
-        if len(block) < _BLOCK:
-            return None
-        blocks.append(block)
-        if any(block[i : i + 8] == b"END     " for i in range(0, _BLOCK, 80)):
-            return b"".join(blocks)
-    return None
-
-
-def _header_int(header: fits.Header, key: str, default: int | None, where: str) -> int:
-    try:
-        value = header.get(key, default)
-    except _PARSE_ERRORS:
-        raise FileFormatError(f"{where}: the {key} card cannot be parsed") from None
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise FileFormatError(f"{where}: {key} = {value!r} is not an integer")
-    return value
-
-
-def _data_bytes(header: fits.Header, where: str) -> int:
-    """Bytes of an HDU's data from its header, after checking the structural values."""
-    bitpix = _header_int(header, "BITPIX", None, where)
-    if bitpix not in _VALID_BITPIX:
-        raise FileFormatError(f"{where}: BITPIX = {bitpix} is not a FITS data type")
-    naxis = _header_int(header, "NAXIS", None, where)
-    if not 0 <= naxis <= 999:
-        raise FileFormatError(f"{where}: NAXIS = {naxis} is outside 0..999")
-    axes = [_header_int(header, f"NAXIS{i}", None, where) for i in range(1, naxis + 1)]
-    if any(n < 0 for n in axes):
-        raise FileFormatError(f"{where}: negative axis length in {axes}")
-    znaxis = _header_int(header, "ZNAXIS", 0, where) if "ZNAXIS" in header else 0
-    if not 0 <= znaxis <= 999:
-        raise FileFormatError(f"{where}: ZNAXIS = {znaxis} is outside 0..999")
-    for i in range(1, znaxis + 1):
-        if _header_int(header, f"ZNAXIS{i}", 0, where) < 0:
-            raise FileFormatError(f"{where}: ZNAXIS{i} is negative")
-    pcount = _header_int(header, "PCOUNT", 0, where)
-    gcount = _header_int(header, "GCOUNT", 1, where)
-    if pcount < 0 or gcount < 0:
-        raise FileFormatError(f"{where}: PCOUNT = {pcount}, GCOUNT = {gcount} (negative)")
-    if naxis == 0:
-        return 0
-    try:
-        groups = header.get("GROUPS") is True and axes[0] == 0
-    except _PARSE_ERRORS:
-        groups = False
-    count = 1
-    for n in axes[1:] if groups else axes:
-        count *= n
-    return abs(bitpix) // 8 * gcount * (pcount + count)
-
-
-def check_fits_structure(p: Path) -> None:
-    """Walk the HDU headers of a FITS file and refuse the values that make astropy loop forever
-    or allocate without bound: a negative axis length, ``PCOUNT`` or ``GCOUNT`` (the next header
-    would lie before this one), an absurd ``NAXIS``/``ZNAXIS`` (astropy iterates over it), a
-    ``BITPIX`` that is no FITS type, or an HDU with more data than a reader loads.
-
-    Only headers are read (data are skipped); anything else odd (no ``SIMPLE`` card, truncation,
-    junk after the last HDU) is left to astropy, whose errors the readers turn into
-    :class:`~dwgf_sci.errors.FileFormatError`.
-
-    :param p: path of the FITS file (gzip, bzip2, xz and single-member zip files are read through
-        their decompression). The declared data size of each HDU is compared with
-        ``8 * max_read_values()`` bytes (``DWGF_MAX_READ_VALUES`` values as float64).
-    :return: None; a file that passes the checks (or that astropy must judge) returns silently.
-    :raises FileFormatError: naming the HDU and the value, or for more than 100 000 HDUs.
+    :param hdul: the HDU list, opened by :func:`~dwgf_sci.io.fits_open.with_fits`.
+    :param hdu: which HDU (as for :func:`read_fits`).
+    :param p: the file's path, for messages.
+    :return: ``(data, header, label)``: the array as astropy scales it, the header as in the file
+        and the HDU's label for messages (``"1 (SCI)"``).
+    :raises FileFormatError: missing HDU, a table, an HDU without data, not enough memory.
+    :raises InvalidDataError: non-numeric data.
     """
-    limit = 8 * max_read_values()  # bytes: the largest array a reader loads, as float64
-    try:
-        with _decompressed(p) as fh:
-            if fh is None:
-                return
-            for index in range(_MAX_HDUS):
-                raw = _read_header_bytes(fh)
-                if raw is None:
-                    return
-                first = raw[:8]
-                if (index == 0 and first != b"SIMPLE  ") or (index > 0 and first != b"XTENSION"):
-                    return
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    try:
-                        header = fits.Header.fromstring(raw.decode("latin-1"))
-                    except _PARSE_ERRORS:
-                        return
-                where = f"FITS file {p}, HDU {index}"
-                size = _data_bytes(header, where)
-                if size > limit:
-                    raise FileFormatError(
-                        f"{where} declares {size} bytes of data, more than a reader loads; if "
-                        "the file is genuine, raise the limit with DWGF_MAX_READ_VALUES"
-                    )
-                fh.seek(-(-size // _BLOCK) * _BLOCK, io.SEEK_CUR)
-            raise FileFormatError(f"FITS file {p} has more than {_MAX_HDUS} HDUs")
-    except DwgfError:
-        raise
-    except (OSError, EOFError, ValueError, zlib.error, lzma.LZMAError, zipfile.BadZipFile):
-        return  # unreadable or damaged compression: astropy says so when it opens the file
-
-
-def _with_fits(p: Path, action: Callable[[fits.HDUList], T]) -> T:
-    """Open ``p`` read-only and run ``action`` on its HDU list; parse failures become errors.
-
-    Every header is read first (``len(hdul)``), so a truncated file is detected whichever HDU is
-    asked for; a file cut at an HDU boundary is detected by the ``DWGFNHDU`` card of our own files.
-    Warnings other than astropy's truncation warning are re-emitted after the file is closed.
-    """
-    kept: list[warnings.WarningMessage] = []
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        try:
-            check_fits_structure(p)
-            with fits.open(p, mode="readonly", memmap=False) as hdul:
-                n_found = len(hdul)
-                _raise_if_truncated(p, caught)
-                n_written = hdul[0].header.get(NHDU_KEYWORD)
-                if isinstance(n_written, int) and n_found < n_written:
-                    raise FileFormatError(
-                        f"FITS file {p} is truncated: it was written with {n_written} HDUs, "
-                        f"{n_found} are left"
-                    )
-                result = action(hdul)
-                _raise_if_truncated(p, caught)
-        except DwgfError:
-            raise
-        except _PARSE_ERRORS as err:
-            _raise_if_truncated(p, caught)
-            raise FileFormatError(
-                f"cannot read FITS file {p}: corrupt or not FITS ({err})"
-            ) from err
-        kept = [w for w in caught if not _is_truncation(w)]
-    for w in kept:
-        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-    return result
-
-
-def _raise_if_truncated(p: Path, caught: list[warnings.WarningMessage]) -> None:
-    for w in caught:
-        if _is_truncation(w):
-            raise FileFormatError(f"FITS file {p} is truncated or corrupt: {w.message}")
-
-
-def _axes(h: fits.hdu.base._BaseHDU) -> tuple[int, ...]:
-    """Data shape in numpy order, from the header only (never loads data)."""
-    header = h.header
-    naxis = int(header.get("NAXIS", 0) or 0)
-    return tuple(int(header.get(f"NAXIS{i}", 0) or 0) for i in range(naxis, 0, -1))
-
-
-def _is_image_hdu(h: fits.hdu.base._BaseHDU) -> bool:
-    return isinstance(h, fits.PrimaryHDU | fits.ImageHDU | fits.CompImageHDU) and not isinstance(
-        h, fits.GroupsHDU
-    )
-
-
-def _has_image_data(h: fits.hdu.base._BaseHDU) -> bool:
-    axes = _axes(h)
-    return _is_image_hdu(h) and len(axes) > 0 and all(n > 0 for n in axes)
-
-
-def _label(hdul: fits.HDUList, i: int) -> str:
-    h = hdul[i]
-    name = h.name or ("PRIMARY" if i == 0 else "")
-    ver = h.ver if getattr(h, "ver", 1) not in (None, 1) else None
-    return f"{i} ({name}{f', ver {ver}' if ver else ''})" if name else str(i)
-
-
-def _describe(hdul: fits.HDUList, only_images: bool = False) -> str:
-    """One-line listing of the HDUs of a file, for error messages."""
-    parts = []
-    for i, h in enumerate(hdul):
-        if only_images and not _has_image_data(h):
-            continue
-        if _has_image_data(h):
-            what = f"image {_axes(h)} BITPIX {h.header.get('BITPIX')}"
-        elif _is_image_hdu(h):
-            what = "no data"
-        else:
-            what = type(h).__name__
-        parts.append(f"[{_label(hdul, i)}: {what}]")
-    return ", ".join(parts) if parts else "none"
-
-
-def _resolve_hdu(hdul: fits.HDUList, hdu: HDUSpec, p: Path) -> int:
-    """Index of the HDU asked for by index, EXTNAME, (EXTNAME, EXTVER) or None (first image)."""
-    n = len(hdul)
-    if hdu is None:
-        for i, h in enumerate(hdul):
-            if _has_image_data(h):
-                return i
-        raise FileFormatError(f"FITS file {p} has no HDU with image data; HDUs: {_describe(hdul)}")
-    if isinstance(hdu, bool) or not isinstance(hdu, int | str | tuple):
-        raise ConfigError(
-            f"hdu must be an index, an EXTNAME, an (EXTNAME, EXTVER) pair or None, found {hdu!r}"
-        )
-    if isinstance(hdu, int):
-        idx = hdu + n if hdu < 0 else hdu
-        if not 0 <= idx < n:
-            raise FileFormatError(
-                f"FITS file {p} has no HDU {hdu}; it has {n} HDU(s): {_describe(hdul)}"
-            )
-        return idx
-    try:
-        return hdul.index_of(hdu)
-    except (KeyError, IndexError, ValueError, TypeError):
+    idx = resolve_hdu(hdul, hdu, p)
+    h = hdul[idx]
+    label = hdu_label(hdul, idx)
+    if not is_image_hdu(h):
         raise FileFormatError(
-            f"FITS file {p} has no HDU named {hdu!r}; HDUs: {_describe(hdul)}"
+            f"HDU {label} of FITS file {p} is a {type(h).__name__}, not an image; "
+            f"HDUs with image data: {describe_hdus(hdul, only_images=True)}"
+        )
+    if not has_image_data(h):
+        raise FileFormatError(
+            f"HDU {label} of FITS file {p} has no data (NAXIS = {h.header.get('NAXIS', 0)}); "
+            f"HDUs with image data: {describe_hdus(hdul, only_images=True)}"
+        )
+    header = h.header.copy()  # before .data: astropy edits BITPIX/BZERO when it scales
+    check_read_size(hdu_axes(h), f"HDU {label} of FITS file {p}")
+    try:
+        data = h.data
+    except MemoryError:
+        raise FileFormatError(
+            f"HDU {label} of FITS file {p}: not enough memory to load its {hdu_axes(h)} array"
         ) from None
-
-
-def _load_image_hdu(p: Path, hdu: HDUSpec) -> tuple[np.ndarray, fits.Header, str]:
-    """Read the data and header (copied before the data is touched) of one image HDU."""
-
-    def action(hdul: fits.HDUList) -> tuple[np.ndarray, fits.Header, str]:
-        idx = _resolve_hdu(hdul, hdu, p)
-        h = hdul[idx]
-        label = _label(hdul, idx)
-        if not _is_image_hdu(h):
-            raise FileFormatError(
-                f"HDU {label} of FITS file {p} is a {type(h).__name__}, not an image; "
-                f"HDUs with image data: {_describe(hdul, only_images=True)}"
-            )
-        if not _has_image_data(h):
-            raise FileFormatError(
-                f"HDU {label} of FITS file {p} has no data (NAXIS = {h.header.get('NAXIS', 0)}); "
-                f"HDUs with image data: {_describe(hdul, only_images=True)}"
-            )
-        header = h.header.copy()  # before .data: astropy edits BITPIX/BZERO when it scales
-        check_read_size(_axes(h), f"HDU {label} of FITS file {p}")
-        try:
-            data = h.data
-        except MemoryError:
-            raise FileFormatError(
-                f"HDU {label} of FITS file {p}: not enough memory to load its {_axes(h)} array"
-            ) from None
-        if data is None:
-            raise FileFormatError(f"HDU {label} of FITS file {p} has no data")
-        if not isinstance(data, np.ndarray) or data.dtype.kind not in "biuf":
-            raise InvalidDataError(
-                f"HDU {label} of FITS file {p} holds non-numeric data "
-                f"({getattr(data, 'dtype', type(data).__name__)})"
-            )
-        return np.asarray(data), header, label
-
-    return _with_fits(p, action)
+    if data is None:
+        raise FileFormatError(f"HDU {label} of FITS file {p} has no data")
+    if not isinstance(data, np.ndarray) or data.dtype.kind not in "biuf":
+        raise InvalidDataError(
+            f"HDU {label} of FITS file {p} holds non-numeric data "
+            f"({getattr(data, 'dtype', type(data).__name__)})"
+        )
+    return np.asarray(data), header, label
 
 
 def read_fits(
@@ -433,7 +186,7 @@ def read_fits(
     """
     check_read_dtype(dtype)
     p = input_path(path, "FITS")
-    data, header, label = _load_image_hdu(p, hdu)
+    data, header, label = with_fits(p, lambda hdul: image_hdu_data(hdul, hdu, p))
     x = image_tensor(
         data,
         f"FITS file {p} HDU {label}",
@@ -444,20 +197,26 @@ def read_fits(
     return x, header
 
 
-def _read_fits_provenance(p: Path) -> dict[str, Any] | None:
+def fits_provenance_text(hdul: fits.HDUList, p: Path) -> str | None:
+    """The stored provenance JSON of an open file (``PROVENANCE`` table HDU), or None.
+
+    :param hdul: the HDU list, opened by :func:`~dwgf_sci.io.fits_open.with_fits`.
+    :param p: the file's path, for messages.
+    :raises FileFormatError: a ``PROVENANCE`` HDU without a ``JSON`` column.
+    """
+    for h in hdul:
+        if (h.name or "").upper() == PROVENANCE_EXTNAME:
+            if not isinstance(h, fits.BinTableHDU) or "JSON" not in h.columns.names:
+                raise FileFormatError(f"FITS file {p}: HDU PROVENANCE has no JSON column")
+            check_read_size(hdu_axes(h), f"HDU PROVENANCE of FITS file {p}")
+            value = h.data["JSON"][0]
+            return value.decode("ascii") if isinstance(value, bytes) else str(value)
+    return None
+
+
+def read_fits_provenance(p: Path) -> dict[str, Any] | None:
     """The provenance record of a FITS file (``PROVENANCE`` table HDU), or None if it has none."""
-
-    def action(hdul: fits.HDUList) -> str | None:
-        for h in hdul:
-            if (h.name or "").upper() == PROVENANCE_EXTNAME:
-                if not isinstance(h, fits.BinTableHDU) or "JSON" not in h.columns.names:
-                    raise FileFormatError(f"FITS file {p}: HDU PROVENANCE has no JSON column")
-                check_read_size(_axes(h), f"HDU PROVENANCE of FITS file {p}")
-                value = h.data["JSON"][0]
-                return value.decode("ascii") if isinstance(value, bytes) else str(value)
-        return None
-
-    text = _with_fits(p, action)
+    text = with_fits(p, lambda hdul: fits_provenance_text(hdul, p))
     return None if text is None else loads(text, f"FITS file {p}")
 
 

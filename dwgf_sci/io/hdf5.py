@@ -217,6 +217,58 @@ def get_dataset(f: h5py.File, key: str, p: Path) -> h5py.Dataset:
     return obj
 
 
+def read_array(f: h5py.File, key: str, p: Path) -> np.ndarray:
+    """The array of dataset ``key`` of an open file, loaded whole (size checked first).
+
+    :param f: the file, opened by :func:`open_hdf5`.
+    :param key: dataset name.
+    :param p: the file's path, for messages.
+    :raises FileFormatError: missing key, a group, a truncated dataset, not enough memory.
+    :raises InvalidDataError: non-numeric data.
+    """
+    ds = get_dataset(f, key, p)
+    check_read_size(tuple(ds.shape or ()), f"dataset {key!r} of HDF5 file {p}")
+    try:
+        return np.asarray(ds[()])
+    except (OSError, RuntimeError, ValueError) as err:
+        raise FileFormatError(
+            f"cannot read dataset {key!r} of HDF5 file {p}: truncated or corrupt ({err})"
+        ) from None
+    except MemoryError:
+        raise FileFormatError(
+            f"dataset {key!r} of HDF5 file {p}: not enough memory to load its "
+            f"{tuple(ds.shape)} array"
+        ) from None
+
+
+def read_attrs(f: h5py.File, p: Path) -> dict[str, Any]:
+    """The decoded root attributes of an open file (reserved ``_dwgf_`` ones hidden).
+
+    :raises FileFormatError: damaged object headers.
+    """
+    try:
+        return decode_attrs(f.attrs, f"HDF5 file {p}")
+    except (OSError, RuntimeError, KeyError) as err:  # damaged object headers
+        raise FileFormatError(
+            f"cannot read the attributes of HDF5 file {p}: corrupt ({err})"
+        ) from None
+
+
+def hdf5_provenance_text(f: h5py.File, p: Path) -> str | None:
+    """The stored provenance JSON of an open file (root attribute ``_dwgf_provenance``), or None.
+
+    :raises FileFormatError: the attribute cannot be read.
+    """
+    try:
+        if PROVENANCE_ATTR not in f.attrs:
+            return None
+        return _decode_value(f.attrs[PROVENANCE_ATTR])
+    except (OSError, RuntimeError, KeyError, ValueError, TypeError) as err:
+        raise FileFormatError(
+            f"cannot read the provenance of HDF5 file {p}: corrupt ({err})"
+        ) from None
+
+
 def read_hdf5(
     path: PathLike,
     key: str = "x",
@@ -248,25 +300,8 @@ def read_hdf5(
     check_read_dtype(dtype)
     f, p = open_hdf5(path)
     with f:
-        ds = get_dataset(f, key, p)
-        check_read_size(tuple(ds.shape or ()), f"dataset {key!r} of HDF5 file {p}")
-        try:
-            arr = np.asarray(ds[()])
-        except (OSError, RuntimeError, ValueError) as err:
-            raise FileFormatError(
-                f"cannot read dataset {key!r} of HDF5 file {p}: truncated or corrupt ({err})"
-            ) from None
-        except MemoryError:
-            raise FileFormatError(
-                f"dataset {key!r} of HDF5 file {p}: not enough memory to load its "
-                f"{tuple(ds.shape)} array"
-            ) from None
-        try:
-            attrs = decode_attrs(f.attrs, f"HDF5 file {p}")
-        except (OSError, RuntimeError, KeyError) as err:  # damaged object headers
-            raise FileFormatError(
-                f"cannot read the attributes of HDF5 file {p}: corrupt ({err})"
-            ) from None
+        arr = read_array(f, key, p)
+        attrs = read_attrs(f, p)
     name = f"HDF5 file {p} dataset {key!r}"
     if as_image:
         x = image_tensor(arr, name, allow_cube=allow_cube, check_finite=check_finite, dtype=dtype)
@@ -275,19 +310,12 @@ def read_hdf5(
     return x, attrs
 
 
-def _read_hdf5_provenance(p: Path) -> dict[str, Any] | None:
+def read_hdf5_provenance(p: Path) -> dict[str, Any] | None:
     """The provenance record of an HDF5 file (root attribute ``_dwgf_provenance``), or None."""
     f, p = open_hdf5(p)
     with f:
-        try:
-            if PROVENANCE_ATTR not in f.attrs:
-                return None
-            text = _decode_value(f.attrs[PROVENANCE_ATTR])
-        except (OSError, RuntimeError, KeyError, ValueError, TypeError) as err:
-            raise FileFormatError(
-                f"cannot read the provenance of HDF5 file {p}: corrupt ({err})"
-            ) from None
-    return loads(text, f"HDF5 file {p}")
+        text = hdf5_provenance_text(f, p)
+    return None if text is None else loads(text, f"HDF5 file {p}")
 
 
 # --------------------------------------------------------------------------------------------------

@@ -22,33 +22,29 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import h5py
+import numpy as np
 import torch
 from astropy.io import fits
 
 from ..errors import FileFormatError, ShapeError
-from .fits import check_fits_structure, read_fits, write_fits
-from .hdf5 import read_hdf5, write_hdf5
-from .provenance import read_provenance
+from ._common import image_tensor, input_path, plain_tensor
+from .fits import fits_provenance_text, image_hdu_data, write_fits
+from .fits_open import with_fits
+from .formats import FITS_SUFFIXES, HDF5_SUFFIXES, file_format
+from .hdf5 import hdf5_provenance_text, open_hdf5, read_array, read_attrs, write_hdf5
+from .provenance import loads
 
-FITS_SUFFIXES = (".fits", ".fit", ".fts", ".fits.gz", ".fit.gz")
-HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf", ".he5")
+__all__ = [
+    "ARRAY_NAMES",
+    "FITS_SUFFIXES",
+    "HDF5_SUFFIXES",
+    "Measurement",
+    "file_format",
+    "read_measurement",
+    "write_measurement",
+]
+
 ARRAY_NAMES = ("psf", "mask")
-
-
-def file_format(path: str | Path) -> str:
-    """``"fits"`` or ``"hdf5"`` from the file name.
-
-    :raises FileFormatError: for any other suffix.
-    """
-    name = str(path).lower()
-    if name.endswith(FITS_SUFFIXES):
-        return "fits"
-    if name.endswith(HDF5_SUFFIXES):
-        return "hdf5"
-    raise FileFormatError(
-        f"{path}: unknown file type; expected FITS {FITS_SUFFIXES} or HDF5 {HDF5_SUFFIXES}"
-    )
 
 
 @dataclass
@@ -109,25 +105,75 @@ def write_measurement(
     )
 
 
-def _fits_extensions(path: Path) -> set[str]:
-    check_fits_structure(path)
-    try:
-        with fits.open(path, memmap=False) as hdul:
-            return {str(h.name).upper() for h in hdul[1:]}
-    except Exception as exc:
-        raise FileFormatError(f"{path}: cannot read the FITS file: {exc}") from exc
+def _read_fits_measurement(path: Path, hdu: int | str) -> Measurement:
+    """A FITS measurement, read in one pass over the open file."""
+    p = input_path(path, "FITS")
+
+    def action(hdul: fits.HDUList) -> tuple[Any, ...]:
+        y = image_hdu_data(hdul, hdu, p)
+        try:
+            names = {str(h.name).upper() for h in hdul[1:]}
+        except Exception as exc:
+            raise FileFormatError(f"{p}: cannot read the FITS file: {exc}") from exc
+        text = fits_provenance_text(hdul, p)
+        truth = image_hdu_data(hdul, "TRUTH", p) if "TRUTH" in names else None
+        arrays = {n: image_hdu_data(hdul, n.upper(), p) for n in ARRAY_NAMES if n.upper() in names}
+        return y, text, truth, arrays
+
+    (data, header, label), text, truth, arrays = with_fits(p, action)
+
+    def tensor(found: tuple[np.ndarray, fits.Header, str]) -> torch.Tensor:
+        return image_tensor(found[0], f"FITS file {p} HDU {found[2]}", allow_cube=True)
+
+    y = image_tensor(data, f"FITS file {p} HDU {label}", allow_cube=True)
+    record = (loads(text, f"FITS file {p}") if text is not None else None) or {}
+    truth_x = tensor(truth) if truth is not None else None
+    array_x = {n: tensor(found) for n, found in arrays.items()}
+    operator = record.get("operator") if record.get("kind") == "measurement" else None
+    return Measurement(y, operator, header, truth_x, array_x, record or None, path)
 
 
-def _hdf5_keys(path: Path) -> set[str]:
-    try:
-        with h5py.File(path, "r") as f:
-            return set(f.keys())
-    except Exception as exc:
-        raise FileFormatError(f"{path}: cannot read the HDF5 file: {exc}") from exc
+def _read_hdf5_measurement(path: Path, key: str) -> Measurement:
+    """An HDF5 measurement, read in one pass over the open file."""
+    f, p = open_hdf5(path)
+    with f:
+        try:
+            keys = set(f.keys())
+        except Exception as exc:
+            raise FileFormatError(f"{p}: cannot read the HDF5 file: {exc}") from exc
+        if key == "y" and "y" not in keys and "x" in keys:
+            key = "x"
+        y_arr = read_array(f, key, p)
+        attrs = read_attrs(f, p)
+        truth_arr = read_array(f, "truth", p) if "truth" in keys else None
+        arrays_np = {n: read_array(f, n, p) for n in ARRAY_NAMES if n in keys}
+        text = hdf5_provenance_text(f, p)
+    y = plain_tensor(y_arr, f"HDF5 file {p} dataset {key!r}")
+    if y.ndim == 0 or y.numel() == 0:
+        raise ShapeError(
+            f"HDF5 file {p} dataset {key!r}: expected a measurement array, found shape "
+            f"{tuple(y.shape)}"
+        )
+    if y.ndim == 2 and "operator" not in attrs:  # a plain (H, W) image
+        y = y[None, None]
+    elif y.ndim == 1 or y.shape[0] != 1:
+        y = y[None]
+    truth = None
+    if truth_arr is not None:
+        truth = image_tensor(truth_arr, f"HDF5 file {p} dataset 'truth'", allow_cube=True)
+    arrays = {n: plain_tensor(a, f"HDF5 file {p} dataset {n!r}") for n, a in arrays_np.items()}
+    record = (loads(text, f"HDF5 file {p}") if text is not None else None) or {}
+    operator = attrs.get("operator") or (
+        record.get("operator") if record.get("kind") == "measurement" else None
+    )
+    return Measurement(y, operator, None, truth, arrays, record or None, path)
 
 
 def read_measurement(path: str | Path, hdu: int | str = 0, key: str = "y") -> Measurement:
     """Read a measurement file written by :func:`write_measurement`, or a plain user file.
+
+    The file is opened once: the measurement, the truth, the ``psf``/``mask`` arrays and the
+    provenance record are read in one pass.
 
     :param hdu: FITS HDU holding the measurement (plain files).
     :param key: HDF5 dataset holding the measurement (plain files; falls back to ``x`` when
@@ -138,30 +184,5 @@ def read_measurement(path: str | Path, hdu: int | str = 0, key: str = "y") -> Me
     p = Path(path)
     kind = file_format(p)
     if kind == "fits":
-        y, header = read_fits(p, hdu=hdu)
-        names = _fits_extensions(p)
-        record = read_provenance(p) or {}
-        truth = read_fits(p, hdu="TRUTH")[0] if "TRUTH" in names else None
-        arrays = {n: read_fits(p, hdu=n.upper())[0] for n in ARRAY_NAMES if n.upper() in names}
-        operator = record.get("operator") if record.get("kind") == "measurement" else None
-        return Measurement(y, operator, header, truth, arrays, record or None, p)
-    keys = _hdf5_keys(p)
-    if key == "y" and "y" not in keys and "x" in keys:
-        key = "x"
-    y, attrs = read_hdf5(p, key=key, as_image=False)
-    if y.ndim == 0 or y.numel() == 0:
-        raise ShapeError(
-            f"HDF5 file {p} dataset {key!r}: expected a measurement array, found shape "
-            f"{tuple(y.shape)}"
-        )
-    if y.ndim == 2 and "operator" not in attrs:  # a plain (H, W) image
-        y = y[None, None]
-    elif y.ndim == 1 or y.shape[0] != 1:
-        y = y[None]
-    truth = read_hdf5(p, key="truth")[0] if "truth" in keys else None
-    arrays = {n: read_hdf5(p, key=n, as_image=False)[0] for n in ARRAY_NAMES if n in keys}
-    record = read_provenance(p) or {}
-    operator = attrs.get("operator") or (
-        record.get("operator") if record.get("kind") == "measurement" else None
-    )
-    return Measurement(y, operator, None, truth, arrays, record or None, p)
+        return _read_fits_measurement(p, hdu)
+    return _read_hdf5_measurement(p, key)

@@ -6,8 +6,8 @@ and the UTC creation time, plus any fields the caller adds (operator spec, seed,
 It records nothing about the host (no host name, user or absolute path), so files made on different
 machines differ only in what matters.
 
-Both writers store the record as exact JSON text and :func:`read_provenance` gives back an equal
-``dict``:
+Both writers store the record as exact JSON text and :func:`~dwgf_sci.io.read_provenance` (in
+:mod:`~dwgf_sci.io.formats`, above the format modules) gives back an equal ``dict``:
 
 - FITS: a binary-table HDU ``EXTNAME = 'PROVENANCE'`` with one row and one ASCII column ``JSON``,
   plus readable ``HIERARCH DWGF ...`` summary cards and a ``HISTORY`` line in the primary header;
@@ -28,15 +28,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from .._version import __version__
 from ..errors import ConfigError, FileFormatError, InvalidDataError
-from ._common import PathLike, input_path
 
-__all__ = ["make_provenance", "normalize_provenance", "read_provenance", "to_jsonable"]
+__all__ = ["make_provenance", "normalize_provenance", "to_jsonable"]
 
 #: Libraries whose versions every record carries (distribution names).
 LIBRARIES = ("torch", "deepinv", "numpy", "astropy", "h5py", "galsim", "diffusers")
-
-_HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 
 
 def to_jsonable(value: Any, where: str = "value") -> Any:
@@ -152,8 +150,6 @@ def make_provenance(**fields: Any) -> dict[str, Any]:
         :func:`~dwgf_sci.io.write_hdf5`.
     :raises InvalidDataError: if a field cannot be represented in JSON.
     """
-    from .. import __version__
-
     record: dict[str, Any] = {
         "software": "dwgf-sci",
         "version": __version__,
@@ -176,37 +172,3 @@ def resolve_provenance(provenance: Mapping[str, Any] | bool | None) -> dict[str,
     raise ConfigError(
         f"provenance must be a dict, True, False or None, found {type(provenance).__name__}"
     )
-
-
-def read_provenance(path: PathLike) -> dict[str, Any] | None:
-    """Read the provenance record of a FITS or HDF5 file written by this package.
-
-    The format is recognised from the file's first bytes, not its name.
-
-    :param path: FITS (also gzip-compressed) or HDF5 file.
-    :return: the record, equal to what was written, or None if the file has none.
-    :raises FileFormatError: if the file is missing, neither FITS nor HDF5, corrupt, or its record
-        is not valid JSON.
-    """
-    p = input_path(path, "input")
-    with open(p, "rb") as fh:
-        head = fh.read(8)
-    if head == _HDF5_SIGNATURE or _is_hdf5(p):
-        from .hdf5 import _read_hdf5_provenance
-
-        return _read_hdf5_provenance(p)
-    if head.startswith(b"SIMPLE") or head.startswith(b"\x1f\x8b"):
-        from .fits import _read_fits_provenance
-
-        return _read_fits_provenance(p)
-    raise FileFormatError(f"{p} is neither a FITS nor an HDF5 file")
-
-
-def _is_hdf5(p: PathLike) -> bool:
-    """True when ``p`` is HDF5 (also with a user block, where the signature is not at offset 0)."""
-    import h5py
-
-    try:
-        return bool(h5py.is_hdf5(p))
-    except OSError:
-        return False

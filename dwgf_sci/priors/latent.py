@@ -235,7 +235,7 @@ def read_prior_config(folder: str | os.PathLike[str]) -> dict[str, Any] | None:
 
 def write_prior_config(folder: Path, settings: Mapping[str, Any]) -> None:
     """Write ``settings`` (with the format version) to ``folder/dwgf_prior.json``."""
-    from .. import __version__ as package_version
+    from .._version import __version__ as package_version
 
     data = {"format_version": FORMAT_VERSION, "dwgf_sci_version": package_version, **settings}
     text = json.dumps(data, indent=2, sort_keys=False)

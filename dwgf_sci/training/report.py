@@ -299,7 +299,7 @@ def finish_run(
     :param data: the training data; its validation split is used.
     :param runner: the trainer's runner (output folder, device, logging).
     """
-    from .. import __version__
+    from .._version import __version__
 
     t0 = time.perf_counter()
     prior, out, units = result.prior, runner.out, result.unit_map
