@@ -1,12 +1,15 @@
 """Forward operators: deepinv ``LinearPhysics`` with closed-form adjoints, in physical units.
 
-- :mod:`~dwgf_sci.operators.psf`: :class:`PSFConvolution` and PSF profiles (astronomy);
+- :mod:`~dwgf_sci.operators.psf`: :class:`PSFConvolution` (astronomy), with the PSF profiles of
+  :mod:`~dwgf_sci.operators.psf_profiles`;
 - :mod:`~dwgf_sci.operators.tomography`: :class:`SparseViewCT` (sparse-view / limited-angle CT);
 - :mod:`~dwgf_sci.operators.sensing`: :class:`RandomSensing`, :class:`FourierSampling`,
   :class:`HadamardSensing` (compressed sensing);
 - :mod:`~dwgf_sci.operators.masks`: :class:`BadPixelMask` (bad pixels, cosmic rays);
-- :mod:`~dwgf_sci.operators.noise`: detector noise and :func:`noise_sigma`;
-- :mod:`~dwgf_sci.operators.specs`: specs, presets, :func:`build_operator`, :func:`resolve_spec`;
+- :mod:`~dwgf_sci.operators.noise`: detector noise, its spec schema and :func:`noise_sigma`;
+- :mod:`~dwgf_sci.operators.specs`: specs, presets, :func:`build_operator`, :func:`resolve_spec`
+  (gathered from :mod:`~dwgf_sci.operators.schema`, :mod:`~dwgf_sci.operators.canonical`,
+  :mod:`~dwgf_sci.operators.presets` and :mod:`~dwgf_sci.operators.build`);
 - :mod:`~dwgf_sci.operators.matrix`: :class:`MatrixOperator` (a dense user matrix).
 
 Images are ``(B, C, H, W)``; every operator checks its input size, exposes ``measurement_shape``

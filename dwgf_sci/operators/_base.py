@@ -28,6 +28,7 @@ from deepinv.physics.noise import NoiseModel
 
 from .._checks import as_tensor
 from ..errors import ConfigError, InvalidDataError, OperatorMismatchError
+from .noise import noise_spec
 
 ImgSize = tuple[int, int, int]
 
@@ -228,8 +229,6 @@ class OperatorMixin:
         or masks) are not stored inline: the spec says ``"profile": "array"`` /
         ``"pattern": "array"`` and records their shape, and the array is supplied separately.
         """
-        from .noise import noise_spec
-
         out: dict[str, Any] = {"type": self.spec_type, "img_size": list(self.img_size)}
         out.update(self._spec_params())
         out["noise"] = noise_spec(self.noise_model)
@@ -347,8 +346,6 @@ class ComposedOperator(OperatorMixin, ComposedLinearPhysics):
 
     def spec(self) -> dict[str, Any]:
         """Spec of the composition: flat for a known ``alias``, else a list of operator specs."""
-        from .noise import noise_spec
-
         parts = []
         for p in self.physics_list:
             if not hasattr(p, "spec"):

@@ -19,7 +19,8 @@ images, attenuation x length for sinograms); nothing is rescaled.
   :class:`SkyBackgroundNoise`, the one model deepinv lacks.
 
 Specs (JSON-serialisable) look like ``{"type": "gaussian", "sigma": 0.01, "seed": 0}``;
-:func:`make_noise` builds a model from one and :func:`noise_spec` describes a model.
+:func:`canonical_noise_spec` checks one against :data:`NOISE_SCHEMA`, :func:`make_noise` builds a
+model from one and :func:`noise_spec` describes a model.
 """
 
 from __future__ import annotations
@@ -34,10 +35,13 @@ from deepinv.physics import GaussianNoise, PoissonGaussianNoise, PoissonNoise
 from deepinv.physics.noise import NoiseModel, ZeroNoise
 
 from ..errors import ConfigError
+from .schema import Field, Schema, boolean, choice, fill, integer, number
 
 __all__ = [
+    "NOISE_SCHEMA",
     "NOISE_TYPES",
     "SkyBackgroundNoise",
+    "canonical_noise_spec",
     "make_noise",
     "noise_sigma",
     "noise_spec",
@@ -50,6 +54,41 @@ NOISE_TYPES: dict[str, tuple[str, ...]] = {
     "poisson": ("gain", "sky", "clip_positive", "seed"),
     "poisson-gaussian": ("gain", "sigma", "sky", "clip_positive", "seed"),
 }
+
+#: the keys of a noise spec, their checks and defaults (selector: ``type``)
+NOISE_SCHEMA = Schema(
+    {
+        "type": Field(choice(tuple(NOISE_TYPES)), "none"),
+        "sigma": Field(number(0.0)),
+        "gain": Field(number(0.0, lo_open=True)),
+        "sky": Field(number(0.0), 0.0),
+        "clip_positive": Field(boolean, True),
+        "seed": Field(integer(optional=True), None),
+    },
+    ("type",),
+    {"type": NOISE_TYPES},
+)
+
+
+def canonical_noise_spec(
+    spec: Mapping[str, Any] | str | None, path: str = "noise"
+) -> dict[str, Any]:
+    """Validate a noise spec and fill in its defaults.
+
+    :param spec: a dict, ``None`` / ``"none"`` (no noise) or a noise type name.
+    :raises ConfigError: naming the offending key.
+    """
+    if spec is None:
+        return {"type": "none"}
+    if isinstance(spec, str):
+        spec = {"type": spec}
+    if not isinstance(spec, Mapping):
+        raise ConfigError(f"{path}: expected a table/dict, found {spec!r}")
+    kind = NOISE_SCHEMA.selector_value(spec, "type", path + ".")
+    body = fill(NOISE_SCHEMA, spec, path + ".", f"noise type {kind!r}")
+    body["type"] = kind
+    return body
+
 
 _SEED_ATTR = "_dwgf_seed"
 
@@ -122,8 +161,6 @@ def make_noise(
     """
     if spec is None:
         return ZeroNoise()
-    from .specs import canonical_noise_spec
-
     spec = canonical_noise_spec(spec)
     kind = spec["type"]
     if kind == "none":
