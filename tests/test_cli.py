@@ -10,10 +10,12 @@ import pytest
 import torch
 from astropy.io import fits
 from astropy.wcs import WCS
+from PIL import Image
 
 from dwgf_sci.cli import main
 from dwgf_sci.io import read_fits, read_hdf5, read_provenance, write_fits
 from dwgf_sci.io.measurement import read_measurement
+from dwgf_sci.metrics import psnr
 
 
 def test_console_script_and_help(capsys):
@@ -234,8 +236,18 @@ def test_demo_runs_with_a_given_prior(tmp_path, prior_dir, capsys):
     )
     text = capsys.readouterr().out
     assert "PSNR" in text and "dwgf" in text and "richardson-lucy" in text
-    for name in ("observation.fits", "posterior.fits", "demo.png"):
-        assert (out / name).stat().st_size > 0
+    # the observation carries its truth; the posterior's recorded PSNR is its mean's against it
+    observed = read_measurement(out / "observation.fits")
+    assert observed.y.shape == observed.truth.shape == (1, 1, 32, 32)
+    mean, _ = read_fits(out / "posterior.fits")
+    assert mean.shape == (1, 1, 32, 32) and torch.isfinite(mean).all()
+    record = read_provenance(out / "posterior.fits")
+    assert record["input"] == "observation.fits"
+    assert record["metrics"]["psnr"] == pytest.approx(float(psnr(mean, observed.truth)), abs=1e-3)
+    # the panel is a PNG with something drawn on it
+    with Image.open(out / "demo.png") as png:
+        assert png.format == "PNG" and min(png.size) > 100
+        assert float(np.asarray(png.convert("L")).std()) > 1.0  # not a blank canvas
 
 
 def test_reconstruct_speed_options(tmp_path, prior_dir):

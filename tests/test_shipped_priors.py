@@ -26,12 +26,31 @@ def test_shipped_priors_are_installed_small_and_documented():
         assert len(list(folder.rglob("*.safetensors"))) == 2
         card = (folder / "README.md").read_text()
         assert "dwgf-sci train-prior" in card and "Held-out acceptance metrics" in card
-        metrics = json.loads((folder / "prior_metrics.json").read_text())
-        assert metrics  # measured by benchmarks/prior_metrics.py
-    # the solver settings chosen on each prior's validation problems (model cards say why)
-    assert load_prior("ct-64").solver_hints == {"image_error": True}
-    assert load_prior("galaxy-64").solver_hints == {}
-    assert "Solver hints" in (WEIGHTS_DIR / "ct-64" / "README.md").read_text()
+        check_prior_metrics(json.loads((folder / "prior_metrics.json").read_text()), name)
+        # the solver settings chosen on the prior's validation problems: DWGF takes each one
+        # (its options are "auto" by default) and the model card says why they were chosen
+        prior = load_prior(name)
+        settings = DWGF(prior).settings()
+        assert {k: settings.get(k) for k in prior.solver_hints} == prior.solver_hints
+        assert not prior.solver_hints or "## Solver hints" in card
+
+
+def check_prior_metrics(metrics: dict, name: str) -> None:
+    """The acceptance metrics of benchmarks/prior_metrics.py: measured on this prior, values in
+    their valid ranges, and pass flags that follow from the values and the targets."""
+    assert metrics["prior_metadata"]["name"] == name
+    n = metrics["n_samples"]
+    psnr_db = metrics["vae_psnr_db"]
+    assert psnr_db["n"] == n > 0
+    assert 0.0 < psnr_db["min"] <= min(psnr_db["mean"], psnr_db["median"]) < 100.0
+    assert metrics["ks"], "no distribution was compared"
+    for entry in metrics["ks"].values():
+        assert 0.0 <= entry["ks"] <= 1.0 and 0.0 <= entry["p_value"] <= 1.0
+        assert entry["n_samples"] + entry["dropped"] == n
+    targets, passed = metrics["targets"], metrics["pass"]
+    expected = {"vae_psnr": psnr_db["mean"] >= targets["vae_psnr_db"]}
+    expected |= {f"ks_{k}": e["ks"] <= targets["ks"] for k, e in metrics["ks"].items()}
+    assert passed == expected and metrics["all_pass"] == all(expected.values())
 
 
 @pytest.mark.parametrize(("task", "baseline"), [("galaxy-deconv", "wiener"), ("ct-20", "fbp")])
