@@ -5,14 +5,20 @@ timestep :math:`t` does (:meth:`LatentSolver.step`) and which latents it ends wi
 (:meth:`LatentSolver.final_latents`). Everything else lives here once: input checks (before any
 network call), the image/latent shapes, the timestep grid, the data term, particle batching with
 ``max_batch`` chunks, seeding, the progress bar, the per-step history and callback, timing,
-network-call counts and the :class:`~dwgf_sci.solvers.posterior.Posterior` result.
+network-call counts, the data fit of the posterior mean and the
+:class:`~dwgf_sci.solvers.posterior.Posterior` result.
+
+A solver whose run has more than one pass over the grid, or stages after it (DWGF's final
+decoder-error step and its retry of the last levels), overrides :meth:`LatentSolver.iterate`:
+every step it yields goes through the same progress bar, history and callback. A yielded
+``info`` with a ``"stage"`` key marks a step that is not a level of the first pass.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Generator, Iterator
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
@@ -24,11 +30,14 @@ from tqdm.auto import tqdm
 from .._checks import check_finite
 from ..errors import ConfigError, InvalidDataError, OperatorMismatchError, ShapeError
 from ..priors.base import LatentPrior
-from .likelihood import DataTerm
+from .likelihood import DataTerm, chi2_limit
 from .posterior import Posterior
 from .schedule import timestep_grid
 
 StepCallback = Callable[[int, int, dict[str, float], Any], None]
+#: What :meth:`LatentSolver.iterate` yields after each step, ``(t, info)``, and returns: the
+#: final latents, the samples and their conditional means (or None).
+Steps = Generator[tuple[int, dict[str, float]], None, tuple[Tensor, Tensor, "Tensor | None"]]
 
 
 @dataclass
@@ -51,8 +60,6 @@ class Problem:
     generator: torch.Generator
     device: torch.device
     dtype: torch.dtype
-    #: What a solver's last level hands to :meth:`LatentSolver.finalize_images` (by name).
-    extras: dict[str, Tensor] = field(default_factory=dict)
 
     @property
     def n(self) -> int:
@@ -161,15 +168,20 @@ class LatentSolver(Reconstructor):
         instead of the samples). Here: ``x`` unchanged, no conditional means."""
         return x, None
 
-    def finish(
-        self, state: Any, problem: Problem, history: list[dict[str, float]]
-    ) -> tuple[Tensor, Tensor, Tensor | None]:
+    def finish(self, state: Any, problem: Problem) -> tuple[Tensor, Tensor, Tensor | None]:
         """After the last step: the final latents, the samples decoded from them
-        (:meth:`finalize_images`) and their conditional means, if any. A solver that checks its
-        result and revises it (appending to ``history`` what it did) overrides this."""
+        (:meth:`finalize_images`) and their conditional means, if any."""
         z = self.final_latents(state, problem).detach()
         x, conditional_means = self.finalize_images(self.render_no_grad(z), z, problem)
         return z, x, conditional_means
+
+    def iterate(self, state: Any, problem: Problem) -> Steps:
+        """The run's steps: :meth:`step` at each timestep of the grid, yielding ``(t, info)``
+        after each, then :meth:`finish`, whose result it returns. A solver with stages after
+        the grid overrides this (see the module documentation)."""
+        for i, t in enumerate(problem.grid.tolist()):
+            yield int(t), self.step(state, i, int(t), problem)
+        return self.finish(state, problem)
 
     # ------------------------------------------------------------------ shared helpers
     def alpha_bar(self, t: int, problem: Problem) -> float:
@@ -247,32 +259,57 @@ class LatentSolver(Reconstructor):
         self.prior.reset_calls()
         history: list[dict[str, float]] = []
         start = time.perf_counter()
-        steps = problem.grid.tolist()
+        level_time, levels = 0.0, 0
+        bar = tqdm(total=len(problem.grid), desc=self.name, disable=not self.progress)
         # gradients are needed even when called under no_grad (deepinv's test loop does that)
-        with torch.enable_grad():
+        with torch.enable_grad(), bar:
             state = self.init_state(problem)
-            for i, t in enumerate(tqdm(steps, desc=self.name, disable=not self.progress)):
-                info = self.step(state, i, int(t), problem)
+            steps = self.iterate(state, problem)
+            i, tick = 0, time.perf_counter()
+            while True:
+                try:
+                    t, info = next(steps)
+                except StopIteration as done:
+                    z, x, conditional_means = done.value
+                    break
+                now = time.perf_counter()
+                if "stage" not in info:
+                    level_time, levels = level_time + now - tick, levels + 1
                 info = {"step": i, "t": int(t), **info}
                 history.append(info)
                 if callback is not None:
                     callback(i, int(t), info, state)
-        loop_time = time.perf_counter() - start
-        with torch.enable_grad():
-            z, x, conditional_means = self.finish(state, problem, history)
-        total = time.perf_counter() - start
+                if i >= bar.total:
+                    bar.total = i + 1
+                bar.update()
+                i, tick = i + 1, time.perf_counter()
         b, n = problem.batch, problem.particles
-        return Posterior(
+        mean = None
+        if conditional_means is not None:
+            mean = conditional_means.reshape(b, n, *x.shape[1:]).mean(1)
+        post = Posterior(
             x.reshape(b, n, *x.shape[1:]),
             settings=self.settings(),
-            timing={"total_s": total, "per_step_s": loop_time / max(1, len(steps))},
+            timing={"total_s": 0.0, "per_step_s": level_time / max(1, levels)},
             calls=dict(self.prior.calls),
             history=history,
             latents=z.reshape(b, n, *z.shape[1:]),
-            mean=None
-            if conditional_means is None
-            else conditional_means.reshape(b, n, *x.shape[1:]).mean(1),
+            mean=mean,
         )
+        post.fit = self.data_fit(post.as_tensor(), problem)
+        post.timing["total_s"] = time.perf_counter() - start
+        return post
+
+    def data_fit(self, mean: Tensor, problem: Problem) -> dict[str, Any]:
+        """Reduced chi-square of the posterior mean per measurement under the run's data term
+        and the limit above which the mean misses its data (:func:`chi2_limit`); empty for the
+        unweighted ``"mse"`` data term. Computed once per run and carried by the result."""
+        if problem.data_term.kind == "mse":
+            return {}
+        with torch.no_grad():
+            ax = problem.physics.A(mean.to(problem.y.device))
+            chi2 = problem.data_term.reduced_chi2(ax, problem.y)
+        return {"reduced_chi2": chi2.detach(), "limit": chi2_limit(ax[0].numel())}
 
     # ------------------------------------------------------------------ checks
     def image_shape(self, y: Tensor, physics: Physics, img_size: Any) -> tuple[int, int, int]:

@@ -53,6 +53,11 @@ class Posterior(Tensor):
     :param Tensor mean: the posterior mean ``(B, C, H, W)`` when the solver has a better
         estimate than the samples' average (e.g. a Rao-Blackwellised one); default: the
         samples' average.
+
+    ``fit`` holds the data fit of the mean as the solver measured it once per run:
+    ``reduced_chi2`` (one value per measurement) and its ``limit``
+    (:func:`~dwgf_sci.solvers.likelihood.chi2_limit`); empty when the solver has no noise model
+    (``data_term="mse"``) or the posterior was built by hand.
     """
 
     @staticmethod
@@ -83,6 +88,7 @@ class Posterior(Tensor):
         obj.calls = dict(calls or {})
         obj.history = list(history or [])
         obj.latents = None if latents is None else latents.detach()
+        obj.fit = {}
         return obj
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:  # attributes are set in __new__
