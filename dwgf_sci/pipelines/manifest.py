@@ -43,7 +43,7 @@ from typing import Any
 
 from ..errors import ConfigError, FileFormatError
 from ..io.atomic import atomic_output
-from ..io.measurement import FITS_SUFFIXES, HDF5_SUFFIXES
+from ..io.formats import FITS_SUFFIXES, HDF5_SUFFIXES
 
 __all__ = [
     "LOCK_NAME",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import glob
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,20 +10,29 @@ from typing import Any
 import torch
 from astropy.io import fits
 
-from ..errors import ConfigError, FileFormatError
-from ..io.measurement import (
-    FITS_SUFFIXES,
-    HDF5_SUFFIXES,
-    Measurement,
-    file_format,
-    read_measurement,
-)
+from ..errors import ConfigError, OutputExistsError
+from ..io.formats import file_format
+from ..io.measurement import Measurement, read_measurement
 from ..metrics import coverage, psnr, ssim
 from ..operators import build_operator
 from ..operators.specs import canonical_spec
 from ..solvers.base import LatentSolver
 from ..solvers.likelihood import DataTerm, chi2_limit
 from ..solvers.posterior import Posterior
+from .plan import expand_inputs, output_path, plan_batch, split_name
+
+__all__ = [
+    "IMAGE_SHAPED",
+    "ReconstructionResult",
+    "chi2_limit",
+    "expand_inputs",
+    "output_path",
+    "physics_for",
+    "quality",
+    "reconstruct_file",
+    "reconstruct_files",
+    "split_name",
+]
 
 IMAGE_SHAPED = ("psf", "mask", "inpaint-psf")
 
@@ -38,32 +46,6 @@ class ReconstructionResult:
     posterior: Posterior
     truth: torch.Tensor | None = None
     metrics: dict[str, float] = field(default_factory=dict)
-
-
-def expand_inputs(inputs: Sequence[str | Path]) -> list[Path]:
-    """Files from paths, folders (their FITS/HDF5 files, sorted) and glob patterns.
-
-    :raises FileFormatError: if an input matches nothing.
-    """
-    found: list[Path] = []
-    suffixes = FITS_SUFFIXES + HDF5_SUFFIXES
-    for item in inputs:
-        p = Path(item)
-        if p.is_dir():
-            files = sorted(q for q in p.iterdir() if q.name.lower().endswith(suffixes))
-            if not files:
-                raise FileFormatError(f"{p}: the folder holds no FITS or HDF5 file")
-            found.extend(files)
-        elif p.exists():
-            found.append(p)
-        elif any(ch in str(item) for ch in "*?["):
-            files = sorted(Path(q) for q in glob.glob(str(item)))
-            if not files:
-                raise FileFormatError(f"{item}: the pattern matches no file")
-            found.extend(files)
-        else:
-            raise FileFormatError(f"{p}: no such file or folder")
-    return found
 
 
 def physics_for(measurement: Measurement, spec: dict[str, Any] | None = None, device: Any = "cpu"):
@@ -89,29 +71,6 @@ def physics_for(measurement: Measurement, spec: dict[str, Any] | None = None, de
     arrays = {k: v.squeeze() if k == "psf" else v for k, v in measurement.arrays.items()}
     physics = build_operator(spec, tuple(img_size), device=device, **arrays)
     return physics, spec, tuple(int(s) for s in img_size)
-
-
-def split_name(path: Path) -> tuple[str, str]:
-    """``(stem, suffix)`` of a FITS/HDF5 file name, with double suffixes (``.fits.gz``) kept."""
-    name = path.name
-    for suffix in sorted(FITS_SUFFIXES + HDF5_SUFFIXES, key=len, reverse=True):
-        if name.lower().endswith(suffix) and len(name) > len(suffix):
-            return name[: -len(suffix)], name[-len(suffix) :]
-    return path.stem, path.suffix
-
-
-def output_path(path: Path, out_dir: Path, file_type: str | None, stem: str | None = None) -> Path:
-    """``out_dir/<stem>_posterior.<fits|h5>`` (never the input itself).
-
-    :param stem: the stem to use instead of the input's (batch jobs pass a disambiguated one).
-    """
-    own_stem, ext = split_name(path)
-    stem = own_stem if stem is None else stem
-    if file_type == "fits":
-        ext = ".fits"
-    elif file_type == "hdf5":
-        ext = ".h5"
-    return out_dir / f"{stem}_posterior{ext.replace('.gz', '')}"
 
 
 def quality(
@@ -183,8 +142,6 @@ def reconstruct_file(
     if target.resolve() == path.resolve():
         raise ConfigError(f"the output {target} would replace the input; choose another --out")
     if target.exists() and not overwrite:
-        from ..errors import OutputExistsError
-
         raise OutputExistsError(f"{target} exists already; pass --overwrite to replace it")
     target.parent.mkdir(parents=True, exist_ok=True)
     y = measurement.y.to(solver.prior.device)
@@ -218,12 +175,12 @@ def reconstruct_files(
     """:func:`reconstruct_file` for every file named by ``inputs`` (paths, folders, globs).
 
     Outputs are named and seeded as by ``dwgf-sci reconstruct`` (see
-    :func:`~dwgf_sci.pipelines.batch.plan_batch`), so a file gives the same result here, alone or
+    :func:`~dwgf_sci.pipelines.plan.plan_batch`), so a file gives the same result here, alone or
     in any batch; this function keeps no status manifest and stops at the first error.
 
     :param inputs: files, folders (their FITS/HDF5 files) and glob patterns.
     :param solver: the latent solver; its ``seed`` is the base seed the items' seeds derive from
-        (:func:`~dwgf_sci.pipelines.batch.item_seed`).
+        (:func:`~dwgf_sci.pipelines.plan.item_seed`).
     :param out_dir: the output folder.
     :param kwargs: further arguments of :func:`reconstruct_file` (``spec``, ``file_type``,
         ``overwrite``, ``with_samples``, ``prior_name``, ``record``); ``target`` and ``seed`` are
@@ -231,11 +188,9 @@ def reconstruct_files(
     :return: one :class:`ReconstructionResult` per input file, in input order.
     :raises FileFormatError: an input that matches nothing.
     :raises ConfigError: no input, or two inputs with the same output or key
-        (:func:`~dwgf_sci.pipelines.batch.plan_batch`). The errors of :func:`reconstruct_file`
+        (:func:`~dwgf_sci.pipelines.plan.plan_batch`). The errors of :func:`reconstruct_file`
         (unreadable files, existing outputs without ``overwrite=True``) propagate.
     """
-    from .batch import plan_batch
-
     out = Path(out_dir)
     items = plan_batch(inputs, out, base_seed=solver.seed, file_type=kwargs.get("file_type"))
     return [

@@ -11,7 +11,8 @@ import torch
 
 from ..datasets import FitsFolderDataset, GalaxyDataset, HDF5Dataset, PhantomDataset
 from ..errors import ConfigError
-from ..io.measurement import Measurement, file_format, write_measurement
+from ..io.formats import file_format
+from ..io.measurement import Measurement, write_measurement
 from ..operators import build_operator, physics_spec
 
 DATASETS = ("galaxies", "phantoms")
