@@ -82,7 +82,7 @@ from dwgf_sci.benchmark.mixture import (
 from dwgf_sci.priors.gaussian_mixture import GaussianMixturePrior
 from dwgf_sci.solvers import DWGF, LatentDPS, LatentSolver, PiGDM, REDDiff
 from dwgf_sci.solvers.base import Problem
-from dwgf_sci.solvers.dwgf import DWGFState
+from dwgf_sci.solvers.dwgf import FlowState, ParticleState
 
 METHODS = (
     "oracle",
@@ -183,7 +183,7 @@ def check_fast_prior() -> float:
 class BatchedRunsDWGF(DWGF):
     """DWGF whose batched measurements behave as separate runs (see the module doc)."""
 
-    def init_state(self, problem: Problem) -> DWGFState:
+    def init_state(self, problem: Problem) -> FlowState | ParticleState:
         """DWGF's start, with Adam's epsilon divided by the batch (element-mean data term)."""
         state = super().init_state(problem)
         opt = getattr(state, "optimizer", None)  # the SMC scheme has no optimiser

@@ -71,16 +71,18 @@ def candidates(prior: Any, dataset: str) -> dict[str, dict[str, Any]]:
 
 def score(solver: Any, captured: dict[str, Any], item: Any, cand: dict[str, Any]) -> dict:
     """Redo the image-space step with one candidate and score it."""
-    x, z, problem = captured["args"]
+    x, state, problem = captured["args"]
     prior = solver.prior
-    saved = (solver.decoder_error, prior.decoder_error_model, solver.refine_cg_steps)
-    solver.decoder_error = cand["decoder_error"]
+    saved = (solver.config, prior.decoder_error_model)
     prior.decoder_error_model = cand["model"]
-    solver.refine_cg_steps = cand.get("cg", saved[2])
+    # setting options rebuilds the solver's decoder-error step from the new configuration
+    solver.config = solver.config.with_options(
+        decoder_error=cand["decoder_error"], refine_cg_steps=cand.get("cg", solver.refine_cg_steps)
+    )
     try:
-        samples, means = solver.finalize_images(x, z, problem)
+        samples, means = solver.errors(x, state, problem)
     finally:
-        solver.decoder_error, prior.decoder_error_model, solver.refine_cg_steps = saved
+        solver.config, prior.decoder_error_model = saved
     mean = (samples if means is None else means).mean(0, keepdim=True)
     return {
         "psnr": float(psnr(mean, item.x).mean()),
@@ -133,13 +135,13 @@ def main(argv: list[str] | None = None) -> None:
                 continue
             solver = make_method("dwgf", prior, **({"data_term": "poisson"} if poisson else {}))
             captured: dict[str, Any] = {}
-            finalize = solver.finalize_images
+            step = solver.errors  # the final decoder-error step
 
-            def keep(x: Any, z: Any, problem: Any, _f: Any = finalize, _c: Any = captured) -> Any:
-                _c["args"] = (x, z, problem)
-                return _f(x, z, problem)
+            def keep(x: Any, state: Any, problem: Any, _f: Any = step, _c: Any = captured) -> Any:
+                _c["args"] = (x, state, problem)
+                return _f(x, state, problem)
 
-            solver.finalize_images = keep  # the run itself is the default preset's, unchanged
+            solver.errors = keep  # the run itself is the default preset's, unchanged
             solver(item.y, item.physics)
             scores = {c: score(solver, captured, item, spec) for c, spec in cands.items()}
             rec = {"task": name, "index": item.index, "scores": scores}

@@ -12,7 +12,15 @@ from dwgf_sci.errors import ConfigError, InvalidDataError, OperatorMismatchError
 from dwgf_sci.operators import MatrixOperator
 from dwgf_sci.priors import GaussianMixturePrior
 from dwgf_sci.solvers import DWGF, Posterior
-from dwgf_sci.solvers.dwgf import FAST, REFERENCE
+from dwgf_sci.solvers.dwgf import (
+    FAST,
+    REFERENCE,
+    image_cg,
+    latent_rto,
+    log_weight_increment,
+)
+from dwgf_sci.solvers.dwgf.image_cg import image_jacobian
+from dwgf_sci.solvers.dwgf.rto import gauss_newton_rto
 
 
 def gaussian_problem(d: int = 8, m: int = 4, sigma: float = 0.3, seed: int = 1):
@@ -174,7 +182,7 @@ def test_image_step_runs_without_decoder_backward(tiny_latent_prior, tiny_blur_p
     assert post.calls["encoder"] == 2 * 2 * (8 - latent_levels)
     # the latent RTO levels: one backward for the gradient and one per CG iteration
     assert post.calls["decoder_backward"] == 2 * latent_levels * (solver.cg_steps + 1)
-    assert FAST["likelihood_step"] == "image" and FAST["image_until"] == 0
+    assert FAST.config.likelihood_step == "image" and FAST.config.image.until == 0
     with pytest.raises(ConfigError, match="image_until"):
         DWGF(prior, image_until=-1.0)
     with pytest.raises(ConfigError, match="image"):
@@ -218,9 +226,13 @@ def test_image_retry_reruns_the_last_levels_where_the_mean_misses_the_data(
     assert "retry" not in plain.history[-1] and plain.calls.get("decoder_backward", 0) == 0
     entry = retried.history[-1]
     assert entry["retry"] == 1 and entry["chi2_before"] > 10, entry
-    # the latent RTO step ran again for the levels at noise level <= 3 only
-    redo = sum(h.get("rho", math.inf) <= 3.0 for h in retried.history)
-    assert 0 < redo < 6
+    # the latent RTO step ran again for the levels at noise level <= 3 only; the loop's
+    # history shows each rerun level (and the final step) as a "retry" stage
+    first = [h for h in retried.history if "stage" not in h]
+    redo = sum(h["rho"] <= 3.0 for h in first)
+    assert 0 < redo < 6 and len(first) == 6
+    rerun = [h for h in retried.history if h.get("stage") == "retry" and "rho" in h]
+    assert [h["rho"] for h in rerun] == [h["rho"] for h in first if h["rho"] <= 3.0]
     assert retried.calls["decoder_backward"] == 2 * 2 * redo * (DWGF(prior).cg_steps + 1)
     # the measurement that fits keeps exactly its first run; the other one is replaced
     assert torch.equal(retried.samples[0], plain.samples[0])
@@ -231,7 +243,8 @@ def test_image_retry_reruns_the_last_levels_where_the_mean_misses_the_data(
     # nothing to redo when every mean fits
     alone = DWGF(prior, image_retry=3.0, **kw)(y, physics)
     assert "retry" not in alone.history[-1] and alone.calls.get("decoder_backward", 0) == 0
-    assert FAST["image_retry"] == 0.1
+    # the fast preset retries, and only on its last levels (noise level below 1)
+    assert 0 < DWGF(prior, "fast").image_retry < 1.0
     with pytest.raises(ConfigError, match="image_retry"):
         DWGF(prior, image_retry=-0.1)
 
@@ -259,7 +272,7 @@ def test_image_step_jacobian_products_match_autograd(
     w0 = torch.zeros(n, dim)
     _, jd_ref = torch.func.jvp(apply, (w0,), (d,))
     _, vjp = torch.func.vjp(apply, w0)
-    jd, jt, diagonal = solver._image_jacobian(base, scale, problem)
+    jd, jt, diagonal = image_jacobian(solver, base, scale, problem)
     torch.testing.assert_close(jd(d), jd_ref, rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(jt(v), vjp(v)[0], rtol=1e-4, atol=1e-6)
     # the CG preconditioner: 1/v + c (m s)^2, c estimating the mean diagonal of A^T S^-1 A,
@@ -272,7 +285,7 @@ def test_image_step_jacobian_products_match_autograd(
     # a nonlinear physics keeps the generic path (stored graph and forward differences)
     nonlinear = dinv.physics.Physics(A=lambda x: x.pow(2), noise_model=physics.noise_model)
     assert (
-        solver._image_jacobian(base, scale, solver.prepare(y, nonlinear, img_size=(1, 32, 32)))
+        image_jacobian(solver, base, scale, solver.prepare(y, nonlinear, img_size=(1, 32, 32)))
         is None
     )
 
@@ -319,14 +332,13 @@ def test_decoder_error_step_continues_the_last_image_draw(
             decoder_error=0.01,
         )
         starts: list[tuple[float, str]] = []
-        original = solver._gauss_newton_rto
 
-        def spy(*args, _orig=original, _starts=starts, **kw):
-            if kw.get("perturb_centre", True) and not args[6]:  # the final decoder-error step
-                _starts.append((float(args[0].abs().sum()), kw["start"]))
+        def spy(*args, _orig=gauss_newton_rto, _starts=starts, **kw):
+            if kw.get("perturb_centre", True):  # the final decoder-error step
+                _starts.append((float(args[2].abs().sum()), kw["start"]))
             return _orig(*args, **kw)
 
-        monkeypatch.setattr(solver, "_gauss_newton_rto", spy)
+        monkeypatch.setattr(image_cg, "gauss_newton_rto", spy)
         post = solver(y, physics)
         assert torch.isfinite(post.samples).all() and len(starts) == 2  # sample, then mean
         for size, start in starts:
@@ -346,7 +358,7 @@ def test_smc_weight_increment_is_exact_for_unit_gaussian_data():
         return prior.log_prob(u / math.sqrt(1 + r2), t_new if r2 == r2n else t_old)
 
     eps = prior.predict_noise(u / math.sqrt(1 + r2n), t_new)
-    inc = DWGF.log_weight_increment(eps, r2n, r2o)
+    inc = log_weight_increment(eps, r2n, r2o)
     exact = log_p_rho(r2n) - log_p_rho(r2o)
     torch.testing.assert_close(inc - inc.mean(), exact - exact.mean(), rtol=1e-8, atol=1e-8)
 
@@ -354,7 +366,8 @@ def test_smc_weight_increment_is_exact_for_unit_gaussian_data():
 def test_laplacian_correction_brings_weights_closer_to_exact_between_modes():
     from types import SimpleNamespace
 
-    from dwgf_sci.solvers.dwgf import SMCState
+    from dwgf_sci.solvers.dwgf import ParticleState
+    from dwgf_sci.solvers.dwgf.state import StepCache
 
     d = 2
     means = torch.tensor([[3.0, 0.0], [-3.0, 0.0]], dtype=torch.float64)
@@ -371,7 +384,7 @@ def test_laplacian_correction_brings_weights_closer_to_exact_between_modes():
     exact = log_p_rho(r2n, t_new) - log_p_rho(r2o, t_old)
     a = 1 / math.sqrt(1 + r2n)
     eps = prior.predict_noise((a * u).reshape(-1, d, 1, 1), t_new).reshape(-1, d)
-    plain = DWGF.log_weight_increment(eps, r2n, r2o)
+    plain = log_weight_increment(eps, r2n, r2o)
     solver = DWGF(prior, laplacian_probes=8)
     problem = SimpleNamespace(
         generator=gen,
@@ -380,8 +393,8 @@ def test_laplacian_correction_brings_weights_closer_to_exact_between_modes():
         latent_shape=(d, 1, 1),
         dtype=torch.float64,
     )
-    state = SMCState(z=u, log_w=torch.zeros(1, 400, dtype=torch.float64))
-    fixed = plain + solver._laplacian_correction(state, eps, a, t_new, r2n, r2o, problem)
+    state = ParticleState(u, torch.zeros(1, 400, dtype=torch.float64), "exact", StepCache())
+    fixed = plain + solver.kernel.laplacian_correction(state, eps, a, t_new, r2n, r2o, problem)
 
     def err(inc):
         return float((inc - inc.mean() - (exact - exact.mean())).abs().mean())
@@ -439,8 +452,9 @@ def test_reference_preset_settings():
     prior, *_ = gaussian_problem()
     solver = DWGF.reference(prior)
     settings = solver.settings()
+    expected = {**REFERENCE.solver, **REFERENCE.config.settings()}
     for key in ("particles", "steps", "lr", "prior_weight", "encoder_weight", "decoder_noise"):
-        assert settings[key] == REFERENCE[key]
+        assert settings[key] == expected[key]
     assert settings["optimizer"] == "adam" and settings["data_term"] == "mse"
     assert settings["betas"] == [0.9, 0.999] and settings["interaction"] is True
     assert DWGF(prior, preset="reference", steps=10).steps == 10
@@ -590,9 +604,10 @@ def test_gauss_newton_rto_is_an_exact_draw_for_an_affine_map(cg_start):
     def apply(u, sl):
         return physics.A(u.reshape(-1, 6, 1, 1)).reshape(u.shape[0], -1)
 
-    u, phi, moved = solver._gauss_newton_rto(
-        torch.zeros(problem.n, 6), centre, var, apply, problem, 6, decoder=False, start=cg_start
-    )
+    u, phi, moved = gauss_newton_rto(
+        solver, problem, torch.zeros(problem.n, 6), centre, var, apply,
+        cg_steps=6, line_search=3, decoder=False, start=cg_start,
+    )  # fmt: skip
     precision = torch.eye(6) / var + a.T @ a / 0.2**2
     cov = torch.linalg.inv(precision)
     mean = cov @ (centre[0] / var + a.T @ y.flatten() / 0.2**2)
@@ -601,9 +616,10 @@ def test_gauss_newton_rto_is_an_exact_draw_for_an_affine_map(cg_start):
     assert float(((u.mean(0) - mean) / sd).abs().max()) < 0.1
     assert float((u.var(0) / cov.diagonal() - 1).abs().max()) < 0.1
     # without perturbations the step lands on the conditional mean
-    m, _, _ = solver._gauss_newton_rto(
-        torch.zeros(problem.n, 6), centre, var, apply, problem, 6, decoder=False, perturb=False
-    )
+    m, _, _ = gauss_newton_rto(
+        solver, problem, torch.zeros(problem.n, 6), centre, var, apply,
+        cg_steps=6, line_search=3, decoder=False, perturb=False,
+    )  # fmt: skip
     assert torch.allclose(m[0], mean, atol=1e-3)
 
 
@@ -624,9 +640,10 @@ def test_cg_started_at_the_centre_is_exact_where_the_data_see_nothing():
     for start in ("centre", "current"):
         solver = DWGF(prior, particles=3, seed=0, line_search=1)
         problem = solver.prepare(y, physics)
-        u, _, moved = solver._gauss_newton_rto(
-            torch.zeros(3, 6), centre, 0.5, apply, problem, 1, False, False, start
-        )
+        u, _, moved = gauss_newton_rto(
+            solver, problem, torch.zeros(3, 6), centre, 0.5, apply,
+            cg_steps=1, line_search=1, decoder=False, perturb=False, start=start,
+        )  # fmt: skip
         assert moved == 1.0
         gaps[start] = float(((u - centre) @ null).abs().max())
     assert gaps["centre"] < 1e-4 < 1e-2 < gaps["current"], gaps
@@ -650,14 +667,12 @@ def test_cg_start_switches_from_the_centre_to_the_current_particle_at_low_noise(
     for cg_start, switch in (("switch", 1.0), ("switch", 5.0), ("centre", 1.0), ("current", 1.0)):
         seen: list[tuple[float, str]] = []
         solver = DWGF(prior, particles=2, steps=12, seed=0, cg_start=cg_start, cg_switch=switch)
-        original = solver._gauss_newton_rto
 
-        def spy(*args, start="centre", _orig=original, _seen=seen, **kw):
-            if args[6]:  # the levels' likelihood steps (not the decoder-error step)
-                _seen.append((args[2], start))
+        def spy(*args, start="centre", _orig=gauss_newton_rto, _seen=seen, **kw):
+            _seen.append((args[4], start))  # the levels' latent likelihood steps
             return _orig(*args, start=start, **kw)
 
-        monkeypatch.setattr(solver, "_gauss_newton_rto", spy)
+        monkeypatch.setattr(latent_rto, "gauss_newton_rto", spy)
         solver(y, physics)
         assert len(seen) == 12
         for var, start in seen:
