@@ -34,6 +34,21 @@ from .likelihood import DataTerm, chi2_limit
 from .posterior import Posterior
 from .schedule import timestep_grid
 
+#: What solvers use of a prior: the :class:`~dwgf_sci.priors.base.LatentPrior` interface. A
+#: prior is checked for these, not for its class.
+PRIOR_INTERFACE = (
+    "encode",
+    "decode",
+    "predict_noise",
+    "latent_shape",
+    "to_model",
+    "from_model",
+    "alphas_cumprod",
+    "affine_decoder",
+    "calls",
+    "reset_calls",
+)
+
 StepCallback = Callable[[int, int, dict[str, float], Any], None]
 #: What :meth:`LatentSolver.iterate` yields after each step, ``(t, info)``, and returns: the
 #: final latents, the samples and their conditional means (or None).
@@ -109,8 +124,12 @@ class LatentSolver(Reconstructor):
         img_size: tuple[int, int, int] | None = None,
     ) -> None:
         super().__init__()
-        if not isinstance(prior, LatentPrior):
-            raise TypeError(f"prior must be a LatentPrior, found {type(prior).__name__}")
+        missing = [name for name in PRIOR_INTERFACE if not hasattr(prior, name)]
+        if missing:
+            raise TypeError(
+                f"prior must implement the LatentPrior interface; {type(prior).__name__} lacks "
+                + ", ".join(missing)
+            )
         if int(particles) != particles or particles < 1:
             raise ConfigError(f"particles must be an integer >= 1, found {particles}")
         if int(steps) != steps or steps < 1:
