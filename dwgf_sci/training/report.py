@@ -6,13 +6,15 @@ import json
 import math
 import platform
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from .._version import __version__
 from ..io.atomic import atomic_output
 from ..priors.base import LatentPrior
 from .config import TrainConfig
@@ -23,10 +25,8 @@ from .evaluate import (
     ks_statistics,
     reconstruction_psnr,
 )
+from .result import TrainResult
 from .sampling import sample_prior
-
-if TYPE_CHECKING:  # pragma: no cover - typing only
-    from .trainer import TrainResult, _Runner
 
 __all__ = ["finish_run", "loss_curve_png", "sample_grid_png", "validation_denoiser_loss"]
 
@@ -281,7 +281,14 @@ def _model_card(
 
 
 def finish_run(
-    result: TrainResult, config: TrainConfig, data: TrainingData, runner: _Runner
+    result: TrainResult,
+    config: TrainConfig,
+    data: TrainingData,
+    *,
+    out: Path,
+    device: torch.device | str,
+    world_size: int,
+    log: Callable[[str], None],
 ) -> None:
     """Compute validation metrics, save the prior, plots, ``training.json`` and ``README.md``.
 
@@ -297,12 +304,13 @@ def finish_run(
     :param result: the trained prior, unit map, history, metrics and timings.
     :param config: the run's configuration (seed, sample steps, ``eval_samples``, ...).
     :param data: the training data; its validation split is used.
-    :param runner: the trainer's runner (output folder, device, logging).
+    :param out: the output folder (the prior is saved there).
+    :param device: the training device (recorded in the metrics).
+    :param world_size: the number of training processes (recorded in the metrics).
+    :param log: where progress lines go (the trainer's logger).
     """
-    from .._version import __version__
-
     t0 = time.perf_counter()
-    prior, out, units = result.prior, runner.out, result.unit_map
+    prior, units = result.prior, result.unit_map
     assert units is not None
     val = data.val
     psnr = reconstruction_psnr(prior, val)
@@ -318,8 +326,8 @@ def finish_run(
             "val_vae_psnr_median_db": float(np.median(psnr)),
             "val_decoder_sigma": val_sigma,
             "val_denoiser_loss": validation_denoiser_loss(prior, val_model, seed=config.seed),
-            "device": str(runner.ctx.device),
-            "world_size": runner.ctx.world_size,
+            "device": str(device),
+            "world_size": int(world_size),
             "threads": torch.get_num_threads(),
         }
     )
@@ -335,7 +343,7 @@ def finish_run(
         kind = data.kind or "generic"
         if data.image_shape[0] == 1:
             metrics["ks"] = ks_statistics(samples[: config.eval_samples], val, kind)
-    runner.log(
+    log(
         f"validation: VAE PSNR {metrics['val_vae_psnr_db']:.2f} dB, denoiser loss "
         f"{metrics['val_denoiser_loss']:.4f}"
         + "".join(f", KS {k} {v['ks']:.3f}" for k, v in metrics.get("ks", {}).items())
