@@ -84,17 +84,24 @@ def quality(
     the limit above which the fit is poor (:func:`chi2_limit`); ``retried``: the measurements
     whose last levels the solver ran again because their first mean missed the data.
 
+    The data fit is the one the solver measured (``post.fit``, computed once per run); only a
+    posterior without one (a classical method's) has it computed here.
+
     :param data_term: the solver's data term bound to ``physics`` (its noise model: Gaussian or
         Poisson); without it, the Gaussian ``noise_sigma`` of the posterior's settings, if any.
     """
     scores: dict[str, float] = {}
     mean = post.as_tensor()
-    with torch.no_grad():
-        ax = physics.A(mean)
+    fit = getattr(post, "fit", None) or {}
     sigma = post.settings.get("noise_sigma")
     if data_term is None and sigma:
         data_term = DataTerm("gaussian", sigma)
-    if data_term is not None and data_term.kind != "mse":
+    if fit:
+        scores["reduced_chi2_mean"] = float(fit["reduced_chi2"].mean())
+        scores["reduced_chi2_limit"] = float(fit["limit"])
+    elif data_term is not None and data_term.kind != "mse":
+        with torch.no_grad():
+            ax = physics.A(mean)
         scores["reduced_chi2_mean"] = float(data_term.reduced_chi2(ax, y).mean())
         scores["reduced_chi2_limit"] = chi2_limit(ax[0].numel())
     retried = [h["retry"] for h in post.history if "retry" in h]
