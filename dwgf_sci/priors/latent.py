@@ -7,32 +7,13 @@ training command and shipped (see :func:`dwgf_sci.priors.loading.load_prior`); n
 ones are made by :func:`build_latent_prior`.
 
 **Latent scaling.** As in Stable Diffusion, the diffusion model sees latents scaled to unit
-variance,
-
-.. math::
-
-    z = (\mu_E(x) - \text{shift}) \cdot \text{scale},
-    \qquad D(z) = \text{decoder}(z / \text{scale} + \text{shift}),
-
-where :math:`\mu_E(x)` is the mean of the encoder's posterior, ``scale`` is the VAE config's
-``scaling_factor`` (one over the latent standard deviation fitted on the training data, see
-:meth:`LatentDiffusionPrior.fit_latent_scaling`) and ``shift`` its ``shift_factor`` (``0`` when
-absent or ``None``).
+variance (see :mod:`~dwgf_sci.priors.autoencoder`); the scale is fitted on the training data by
+:meth:`LatentDiffusionPrior.fit_latent_scaling`.
 
 **Units.** Operators work in physical units, the networks in the model range. The map between
 them is affine, ``x_phys = data_scale * x_model + data_offset``, optionally composed with an
-invertible ``asinh`` stretch for data of high dynamic range (astronomical flux): with the
-stretch parameter :math:`a > 0`,
-
-.. math::
-
-    x_\text{model} = \frac{\operatorname{asinh}(x_\text{phys} / a) - \text{data\_offset}}
-    {\text{data\_scale}},
-    \qquad
-    x_\text{phys} = a \sinh(\text{data\_scale}\; x_\text{model} + \text{data\_offset}).
-
-The stretch is linear (slope :math:`1/a`) for :math:`|x| \ll a` and logarithmic beyond, so faint
-structure and bright cores both use the model range.
+invertible ``asinh`` stretch for data of high dynamic range (astronomical flux); its formulas are
+those of :mod:`dwgf_sci.units`.
 
 **Folder format** (written by :meth:`LatentDiffusionPrior.save_pretrained`)::
 
@@ -44,466 +25,56 @@ structure and bright cores both use the model range.
       unet/diffusion_pytorch_model.safetensors
       scheduler/scheduler_config.json
 
-Only safetensors weights are read; folders with pickled (``.bin``, ``.pt``, ``.ckpt``) weights
-are refused.
-
-This module also holds the machinery shared with
-:class:`~dwgf_sci.priors.stable_diffusion.StableDiffusionPrior`: device/dtype resolution,
-VAE scaling, channel mapping and the conversion of any prediction type to noise.
+Only safetensors weights are read (:mod:`~dwgf_sci.priors.folders`). The encoding, decoding and
+noise prediction shared with :class:`~dwgf_sci.priors.stable_diffusion.StableDiffusionPrior` are
+in :class:`~dwgf_sci.priors.autoencoder.AutoencoderPrior`.
 """
 
 from __future__ import annotations
 
-import importlib.util
-import json
 import math
 import os
-import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from ..errors import ConfigError, FileFormatError, OutputExistsError, ShapeError
-from .base import LatentPrior
+from .. import units
+from ..errors import ConfigError, FileFormatError
+from .autoencoder import PREDICTION_TYPES, AutoencoderPrior, epsilon_from_output
 from .decoder_error import DecoderErrorModel
+from .folders import (
+    PRIOR_CONFIG_NAME,
+    load_scheduler,
+    network_load_options,
+    prepare_save_folder,
+    read_prior_config,
+    refuse_pickle_weights,
+    require_subfolders,
+    resolve_device,
+    resolve_dtype,
+    write_prior_config,
+)
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from diffusers import AutoencoderKL, UNet2DModel
     from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
-__all__ = ["PRIOR_CONFIG_NAME", "LatentDiffusionPrior", "build_latent_prior"]
+__all__ = [
+    "PRIOR_CONFIG_NAME",
+    "LatentDiffusionPrior",
+    "build_latent_prior",
+    "epsilon_from_output",
+    "prepare_save_folder",
+    "read_prior_config",
+    "resolve_device",
+]
 
-#: Name of the file that describes a saved prior (class, units, settings).
-PRIOR_CONFIG_NAME = "dwgf_prior.json"
-#: Version of the ``dwgf_prior.json`` format written by this module.
-FORMAT_VERSION = 1
-
-_PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
-_PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
-_STRETCHES = (None, "asinh")
 _BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid")
-_DTYPE_NAMES: dict[str, torch.dtype] = {
-    "float32": torch.float32,
-    "fp32": torch.float32,
-    "float": torch.float32,
-    "float16": torch.float16,
-    "fp16": torch.float16,
-    "half": torch.float16,
-    "bfloat16": torch.bfloat16,
-    "bf16": torch.bfloat16,
-    "float64": torch.float64,
-    "fp64": torch.float64,
-    "double": torch.float64,
-}
 
 
-# ---------------------------------------------------------------------- shared helpers
-def resolve_device(device: torch.device | str | None) -> torch.device:
-    """The device to load a prior on: ``device``, else CUDA when available, else the CPU.
-
-    :param device: a device, its name, or ``None``.
-    :raises ConfigError: for a device name torch does not know.
-    """
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        return torch.device(device)
-    except (RuntimeError, TypeError) as err:
-        raise ConfigError(f"unknown device {device!r}: {err}") from err
-
-
-def resolve_dtype(
-    dtype: torch.dtype | str | None, device: torch.device, half_on_cuda: bool
-) -> torch.dtype:
-    """The floating dtype the networks compute in.
-
-    ``None`` means float16 on CUDA when ``half_on_cuda`` and float32 otherwise. Half precision
-    (float16, bfloat16) is only used on CUDA: on any other device it is replaced by float32 with a
-    warning, since CPU half-precision convolutions are slow and inaccurate.
-
-    :param dtype: a floating torch dtype, one of its names (``"fp16"``, ``"bfloat16"``, ...) or
-        ``None``.
-    :param torch.device device: the device the networks run on.
-    :param bool half_on_cuda: default to float16 on CUDA.
-    :raises ConfigError: for an unknown or non-floating dtype.
-    """
-    if dtype is None:
-        return torch.float16 if (half_on_cuda and device.type == "cuda") else torch.float32
-    if isinstance(dtype, str):
-        key = dtype.lower().removeprefix("torch.")
-        if key not in _DTYPE_NAMES:
-            raise ConfigError(f"unknown dtype {dtype!r}; choose one of {sorted(_DTYPE_NAMES)}")
-        dtype = _DTYPE_NAMES[key]
-    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
-        raise ConfigError(f"dtype must be a floating torch dtype, found {dtype!r}")
-    if dtype in (torch.float16, torch.bfloat16) and device.type != "cuda":
-        warnings.warn(
-            f"{dtype} is only used on CUDA; the prior runs in float32 on {device}",
-            stacklevel=3,
-        )
-        return torch.float32
-    return dtype
-
-
-def unit_map(
-    data_range: Sequence[float] | None,
-    data_scale: float | None,
-    data_offset: float | None,
-    default_range: tuple[float, float] | None = (0.0, 1.0),
-) -> tuple[float, float]:
-    """``(data_scale, data_offset)`` from a physical range or from the affine map itself.
-
-    A physical range ``(lo, hi)`` is mapped onto the model range ``[-1, 1]``: ``data_scale =
-    (hi - lo) / 2`` and ``data_offset = (hi + lo) / 2``.
-
-    :param data_range: physical values ``(lo, hi)`` that map to ``-1`` and ``1``.
-    :param data_scale: physical units per model unit (exclusive with ``data_range``).
-    :param data_offset: physical value of model ``0`` (exclusive with ``data_range``).
-    :param default_range: range used when nothing is given (``None``: scale 1, offset 0).
-    :raises ConfigError: if both forms are given, or the range/scale is degenerate.
-    """
-    if data_range is not None:
-        if data_scale is not None or data_offset is not None:
-            raise ConfigError("give either data_range or data_scale/data_offset, not both")
-        values = [float(v) for v in data_range]
-        if len(values) != 2 or not all(math.isfinite(v) for v in values):
-            raise ConfigError(f"data_range must be two finite numbers (lo, hi), found {data_range}")
-        lo, hi = values
-        if not hi > lo:
-            raise ConfigError(f"data_range must satisfy lo < hi, found ({lo}, {hi})")
-        return (hi - lo) / 2.0, (hi + lo) / 2.0
-    if data_scale is None and data_offset is None and default_range is not None:
-        return unit_map(default_range, None, None)
-    scale = 1.0 if data_scale is None else float(data_scale)
-    offset = 0.0 if data_offset is None else float(data_offset)
-    if not (math.isfinite(scale) and scale > 0):
-        raise ConfigError(f"data_scale must be a positive finite number, found {data_scale}")
-    if not math.isfinite(offset):
-        raise ConfigError(f"data_offset must be finite, found {data_offset}")
-    return scale, offset
-
-
-def epsilon_from_output(
-    output: Tensor, z_t: Tensor, alpha_bar: Tensor, prediction_type: str
-) -> Tensor:
-    r"""Convert a network output to the noise :math:`\epsilon`.
-
-    With :math:`z_t = a z_0 + s \epsilon`, :math:`a = \sqrt{\bar\alpha_t}`,
-    :math:`s = \sqrt{1 - \bar\alpha_t}`:
-
-    * ``"epsilon"``: the output is :math:`\epsilon`;
-    * ``"v_prediction"``: :math:`v = a \epsilon - s z_0`, so :math:`\epsilon = a v + s z_t`;
-    * ``"sample"``: the output is :math:`z_0`, so :math:`\epsilon = (z_t - a z_0) / s`.
-
-    :param Tensor output: network output ``(B, c, h, w)``.
-    :param Tensor z_t: noisy latents, same shape.
-    :param Tensor alpha_bar: :math:`\bar\alpha_t` per sample, ``(B,)``.
-    :param str prediction_type: the scheduler's ``prediction_type``.
-    """
-    if prediction_type == "epsilon":
-        return output
-    ab = alpha_bar.to(device=z_t.device, dtype=z_t.dtype).view(-1, *([1] * (z_t.ndim - 1)))
-    a, s = ab.sqrt(), (1.0 - ab).sqrt()
-    if prediction_type == "v_prediction":
-        return a * output + s * z_t
-    if prediction_type == "sample":
-        return (z_t - a * output) / s
-    raise ConfigError(
-        f"unsupported prediction_type {prediction_type!r}; expected one of {_PREDICTION_TYPES}"
-    )
-
-
-def read_prior_config(folder: str | os.PathLike[str]) -> dict[str, Any] | None:
-    """The parsed ``dwgf_prior.json`` of ``folder``, or ``None`` when the folder has none.
-
-    :raises FileFormatError: if the file exists but is not a JSON object.
-    """
-    path = Path(folder) / PRIOR_CONFIG_NAME
-    if not path.is_file():
-        return None
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise FileFormatError(f"{path} is not valid JSON: {err}") from err
-    if not isinstance(data, dict):
-        raise FileFormatError(f"{path} must hold a JSON object, found {type(data).__name__}")
-    return data
-
-
-def write_prior_config(folder: Path, settings: Mapping[str, Any]) -> None:
-    """Write ``settings`` (with the format version) to ``folder/dwgf_prior.json``."""
-    from .._version import __version__ as package_version
-
-    data = {"format_version": FORMAT_VERSION, "dwgf_sci_version": package_version, **settings}
-    text = json.dumps(data, indent=2, sort_keys=False)
-    (folder / PRIOR_CONFIG_NAME).write_text(text + "\n", encoding="utf-8")
-
-
-def prepare_save_folder(save_directory: str | os.PathLike[str], overwrite: bool) -> Path:
-    """Create ``save_directory``; refuse a folder that already holds a saved prior.
-
-    :raises OutputExistsError: if ``dwgf_prior.json`` or ``model_index.json`` exists there and
-        ``overwrite`` is false.
-    :raises FileFormatError: if the path exists and is not a folder.
-    """
-    folder = Path(save_directory).expanduser()
-    if folder.exists() and not folder.is_dir():
-        raise FileFormatError(f"cannot save a prior to {folder}: it exists and is not a folder")
-    if not overwrite:
-        for name in (PRIOR_CONFIG_NAME, "model_index.json"):
-            if (folder / name).exists():
-                raise OutputExistsError(
-                    f"{folder} already holds a saved model ({name}); pass overwrite=True to "
-                    "replace it"
-                )
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
-
-
-def refuse_pickle_weights(folder: Path, subfolders: Sequence[str]) -> None:
-    """Raise if a component folder holds pickled weights and no safetensors weights.
-
-    :raises FileFormatError: naming the pickled files.
-    """
-    for sub in subfolders:
-        path = folder / sub
-        if not path.is_dir():
-            continue
-        files = [p for p in path.iterdir() if p.is_file()]
-        has_safe = any(p.name.endswith(".safetensors") for p in files)
-        pickled = sorted(p.name for p in files if p.name.endswith(_PICKLE_SUFFIXES))
-        if pickled and not has_safe:
-            raise FileFormatError(
-                f"{path} holds pickled weights ({', '.join(pickled)}) and no .safetensors file; "
-                "pickle files can run arbitrary code and are not loaded. Convert them with "
-                "save_pretrained(..., safe_serialization=True) in a trusted environment"
-            )
-
-
-def require_subfolders(folder: Path, names: Sequence[str], what: str) -> None:
-    """Raise :class:`FileFormatError` listing the component folders ``folder`` lacks."""
-    missing = [n for n in names if not (folder / n).is_dir()]
-    if missing:
-        raise FileFormatError(
-            f"{folder} is not a saved {what}: missing component folder(s) "
-            f"{', '.join(m + '/' for m in missing)} (expected {', '.join(n + '/' for n in names)})"
-        )
-
-
-def network_load_options() -> dict[str, Any]:
-    """Keyword options of diffusers' ``from_pretrained`` for our networks: without the optional
-    ``accelerate`` package, the plain loading path, named explicitly (diffusers would choose it
-    too, after a warning that asks the user to install a package they do not need)."""
-    if importlib.util.find_spec("accelerate") is None:
-        return {"low_cpu_mem_usage": False}
-    return {}
-
-
-def load_scheduler(source: str | os.PathLike[str], **kwargs: Any) -> SchedulerMixin:
-    """Load the scheduler of a diffusers folder (or hub id), keeping its class when known.
-
-    Schedulers without ``alphas_cumprod`` are replaced by a ``DDPMScheduler`` built from the same
-    config (same betas, same ``prediction_type``).
-    """
-    import diffusers
-
-    config = diffusers.DDPMScheduler.load_config(source, subfolder="scheduler", **kwargs)
-    cls = getattr(diffusers, str(config.get("_class_name", "DDPMScheduler")), None)
-    if cls is None or not hasattr(cls, "from_config"):
-        cls = diffusers.DDPMScheduler
-    scheduler = cls.from_config(config)
-    if getattr(scheduler, "alphas_cumprod", None) is None:
-        scheduler = diffusers.DDPMScheduler.from_config(config)
-    return scheduler
-
-
-# ---------------------------------------------------------------------- shared base
-class AutoencoderPrior(LatentPrior):
-    r"""Common base of priors made of a diffusers ``AutoencoderKL`` and a diffusers scheduler.
-
-    It implements :meth:`_encode` / :meth:`_decode` (posterior mean, scaling and shift factors,
-    single-channel images through an RGB autoencoder, casting to and from the network dtype) and
-    the conversion of the network output to noise (:func:`epsilon_from_output`). Subclasses
-    implement :meth:`_network` (the raw network output).
-
-    The networks are frozen (``requires_grad=False``) and in eval mode: solvers differentiate
-    through the decoder with respect to the latents, never the weights. Training code unfreezes
-    them explicitly (``prior.vae.requires_grad_(True).train()``).
-
-    :param vae: the ``AutoencoderKL``.
-    :param scheduler: a diffusers scheduler with ``alphas_cumprod`` and a ``prediction_type``.
-    :param int image_channels: channels of images in physical units; equal to the VAE's input
-        channels, or 1 for an RGB VAE (repeated to 3 channels on encode, channel mean on decode).
-    :param image_size: native ``(H, W)`` or ``None`` (any multiple of the downsampling factor).
-    :param float data_scale: physical units per model unit.
-    :param float data_offset: physical value of model ``0``.
-    """
-
-    def __init__(
-        self,
-        vae: AutoencoderKL,
-        scheduler: SchedulerMixin,
-        image_channels: int,
-        image_size: Sequence[int] | None,
-        data_scale: float,
-        data_offset: float,
-    ) -> None:
-        alphas = getattr(scheduler, "alphas_cumprod", None)
-        if alphas is None:
-            raise ConfigError(
-                f"the scheduler {type(scheduler).__name__} has no alphas_cumprod; use a DDPM-"
-                "family scheduler (DDPMScheduler, DDIMScheduler, PNDMScheduler, ...)"
-            )
-        prediction_type = str(getattr(scheduler.config, "prediction_type", "epsilon"))
-        if prediction_type not in _PREDICTION_TYPES:
-            raise ConfigError(
-                f"unsupported prediction_type {prediction_type!r} in the scheduler config; "
-                f"expected one of {_PREDICTION_TYPES}"
-            )
-        vae_in = int(vae.config.in_channels)
-        vae_out = int(vae.config.out_channels)
-        image_channels = int(image_channels)
-        if vae_in != vae_out:
-            raise ConfigError(
-                f"the VAE maps {vae_in}-channel images to {vae_out} channels; expected equal"
-            )
-        if image_channels != vae_in and not (image_channels == 1 and vae_in == 3):
-            raise ConfigError(
-                f"image_channels={image_channels} does not fit a VAE with {vae_in} input channels "
-                f"(use {vae_in}, or 1 with an RGB VAE)"
-            )
-        super().__init__(
-            torch.as_tensor(alphas).double(),
-            image_channels=image_channels,
-            latent_channels=int(vae.config.latent_channels),
-            downsample=2 ** (len(vae.config.block_out_channels) - 1),
-            image_size=image_size,
-            data_scale=data_scale,
-            data_offset=data_offset,
-        )
-        self.vae = vae
-        self.scheduler = scheduler
-        self.prediction_type = prediction_type
-        self.vae.requires_grad_(False).eval()
-
-    # ------------------------------------------------------------------ properties
-    @property
-    def dtype(self) -> torch.dtype:
-        """Floating dtype of the noise predictor (the network dtype)."""
-        return self.vae.dtype
-
-    @property
-    def latent_scale(self) -> float:
-        """The VAE config's ``scaling_factor`` (latents are multiplied by it after encoding)."""
-        return float(self.vae.config.scaling_factor)
-
-    @property
-    def latent_shift(self) -> float:
-        """The VAE config's ``shift_factor``, ``0`` when absent or ``None``."""
-        shift = getattr(self.vae.config, "shift_factor", None)
-        return 0.0 if shift is None else float(shift)
-
-    @property
-    def maps_gray_to_rgb(self) -> bool:
-        """Whether single-channel images go through an RGB autoencoder."""
-        return self.image_channels == 1 and int(self.vae.config.in_channels) == 3
-
-    # ------------------------------------------------------------------ memory options
-    def enable_vae_slicing(self) -> None:
-        """Encode/decode one image at a time (lower memory for large batches)."""
-        self.vae.enable_slicing()
-
-    def disable_vae_slicing(self) -> None:
-        """Encode/decode the whole batch at once (the default)."""
-        self.vae.disable_slicing()
-
-    def enable_vae_tiling(self) -> None:
-        """Encode/decode large images in overlapping tiles (approximate; lower memory)."""
-        self.vae.enable_tiling()
-
-    def disable_vae_tiling(self) -> None:
-        """Encode/decode whole images (the default)."""
-        self.vae.disable_tiling()
-
-    # ------------------------------------------------------------------ speed options
-    def _networks(self) -> list[nn.Module]:
-        """The networks a reconstruction calls: the VAE's encoder and decoder, the denoiser."""
-        unet = getattr(self, "unet", None)
-        return [self.vae.encoder, self.vae.decoder, *([unet] if unet is not None else [])]
-
-    def enable_channels_last(self) -> None:
-        """Store the networks' 4-D weights channels-last (NHWC).
-
-        On CUDA with float16/bfloat16 this lets cuDNN pick its NHWC tensor-core convolution
-        kernels (the gain depends on the GPU and the network; it has not been measured here, where
-        no GPU was available). Allowed on the CPU. Results agree with the default layout up to
-        floating-point rounding.
-        """
-        for net in self._networks():
-            net.to(memory_format=torch.channels_last)
-
-    def compile_networks(self, **kwargs: Any) -> None:
-        """Compile the encoder, decoder and denoiser with ``torch.compile``, in place.
-
-        The parameter names (``state_dict``, :meth:`save_pretrained`) do not change. The first
-        calls at each new batch size are slow (compilation); later ones are faster on CUDA.
-        Gradients through the decoder (the data term) work as before.
-
-        :param kwargs: options of :meth:`torch.nn.Module.compile` (``mode="max-autotune"``,
-            ``backend=...``, ``dynamic=...``).
-        """
-        for net in self._networks():
-            net.compile(**kwargs)
-
-    # ------------------------------------------------------------------ networks
-    def _check_image(self, x: Tensor) -> None:
-        if not torch.is_tensor(x) or x.ndim != 4:
-            shape = tuple(x.shape) if torch.is_tensor(x) else type(x).__name__
-            raise ShapeError(f"images must be a (B, C, H, W) tensor, found {shape}")
-        if x.shape[1] != self.image_channels:
-            raise ShapeError(
-                f"the prior models {self.image_channels}-channel images, found {x.shape[1]} "
-                f"channels in shape {tuple(x.shape)}"
-            )
-
-    def _check_latent(self, z: Tensor) -> None:
-        if not torch.is_tensor(z) or z.ndim != 4 or z.shape[1] != self.latent_channels:
-            shape = tuple(z.shape) if torch.is_tensor(z) else type(z).__name__
-            raise ShapeError(
-                f"latents must be a (B, {self.latent_channels}, h, w) tensor, found {shape}"
-            )
-
-    def _encode(self, x: Tensor) -> Tensor:
-        self._check_image(x)
-        h = x.to(self.vae.dtype)
-        if self.maps_gray_to_rgb:
-            h = h.expand(-1, 3, -1, -1)
-        mean = self.vae.encode(h).latent_dist.mean
-        z = (mean - self.latent_shift) * self.latent_scale
-        return z.to(x.dtype)
-
-    def _decode(self, z: Tensor) -> Tensor:
-        self._check_latent(z)
-        h = z.to(self.vae.dtype) / self.latent_scale + self.latent_shift
-        x = self.vae.decode(h).sample
-        if self.maps_gray_to_rgb:
-            x = x.mean(dim=1, keepdim=True)
-        return x.to(z.dtype)
-
-    def _predict_noise(self, z_t: Tensor, t: Tensor) -> Tensor:
-        self._check_latent(z_t)
-        out = self._network(z_t, t).to(z_t.dtype)
-        return epsilon_from_output(out, z_t, self.alphas_cumprod[t], self.prediction_type)
-
-    def _network(self, z_t: Tensor, t: Tensor) -> Tensor:  # pragma: no cover - abstract
-        """Raw network output (``prediction_type`` units) for ``z_t`` at timesteps ``t``."""
-        raise NotImplementedError
-
-
-# ---------------------------------------------------------------------- domain prior
 class LatentDiffusionPrior(AutoencoderPrior):
     r"""A latent-diffusion prior trained on a scientific domain.
 
@@ -550,14 +121,15 @@ class LatentDiffusionPrior(AutoencoderPrior):
         decoder_error_model: DecoderErrorModel | Mapping[str, Any] | None = None,
         solver_hints: Mapping[str, Any] | None = None,
     ) -> None:
-        scale, offset = unit_map(data_range, data_scale, data_offset, default_range=None)
+        scale, offset = units.affine_unit_map(
+            data_range, data_scale, data_offset, default_range=None
+        )
         decoder_sigma = float(decoder_sigma)
         if not (math.isfinite(decoder_sigma) and decoder_sigma >= 0):
             raise ConfigError(f"decoder_sigma must be >= 0 and finite, found {decoder_sigma}")
         if stretch in ("none", ""):
             stretch = None
-        if stretch not in _STRETCHES:
-            raise ConfigError(f"unknown stretch {stretch!r}; expected one of {_STRETCHES}")
+        units.check_stretch(stretch)
         stretch_scale = float(stretch_scale)
         if not (math.isfinite(stretch_scale) and stretch_scale > 0):
             raise ConfigError(f"stretch_scale must be positive and finite, found {stretch_scale}")
@@ -616,16 +188,15 @@ class LatentDiffusionPrior(AutoencoderPrior):
     # ------------------------------------------------------------------ units
     def to_model(self, x: Tensor) -> Tensor:
         """Map an image from physical units to the model range (with the stretch, if any)."""
-        if self.stretch == "asinh":
-            x = torch.asinh(x / self.stretch_scale)
-        return (x - self.data_offset) / self.data_scale
+        return units.to_model(
+            x, self.data_scale, self.data_offset, self.stretch, self.stretch_scale
+        )
 
     def from_model(self, x: Tensor) -> Tensor:
         """Map an image from the model range to physical units (inverse of :meth:`to_model`)."""
-        x = x * self.data_scale + self.data_offset
-        if self.stretch == "asinh":
-            x = self.stretch_scale * torch.sinh(x)
-        return x
+        return units.from_model(
+            x, self.data_scale, self.data_offset, self.stretch, self.stretch_scale
+        )
 
     # ------------------------------------------------------------------ networks
     def _network(self, z_t: Tensor, t: Tensor) -> Tensor:
@@ -776,7 +347,6 @@ class LatentDiffusionPrior(AutoencoderPrior):
         )
 
 
-# ---------------------------------------------------------------------- construction
 def _check_groups(channels: Sequence[int], groups: int, what: str) -> None:
     bad = [c for c in channels if c % groups]
     if bad:
@@ -854,9 +424,9 @@ def build_latent_prior(
         raise ConfigError("vae_channels and unet_channels need at least one level each")
     _check_groups(vae_channels, norm_num_groups, "vae")
     _check_groups(unet_channels, norm_num_groups, "unet")
-    if prediction_type not in _PREDICTION_TYPES:
+    if prediction_type not in PREDICTION_TYPES:
         raise ConfigError(
-            f"unknown prediction_type {prediction_type!r}; expected one of {_PREDICTION_TYPES}"
+            f"unknown prediction_type {prediction_type!r}; expected one of {PREDICTION_TYPES}"
         )
     if int(image_channels) < 1 or int(latent_channels) < 1:
         raise ConfigError("image_channels and latent_channels must be positive")
@@ -864,7 +434,9 @@ def build_latent_prior(
         raise ConfigError(
             f"unknown beta_schedule {beta_schedule!r}; expected one of {_BETA_SCHEDULES}"
         )
-    scale, offset = unit_map(data_range, data_scale, data_offset, default_range=(0.0, 1.0))
+    scale, offset = units.affine_unit_map(
+        data_range, data_scale, data_offset, default_range=(0.0, 1.0)
+    )
     vae_factor, unet_factor = 2 ** (len(vae_channels) - 1), 2 ** (len(unet_channels) - 1)
     total = vae_factor * unet_factor
     if sizes[0] % total or sizes[1] % total:

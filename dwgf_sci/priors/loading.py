@@ -23,7 +23,8 @@ import torch
 
 from ..errors import ConfigError, FileFormatError
 from .base import LatentPrior
-from .latent import PRIOR_CONFIG_NAME, LatentDiffusionPrior, read_prior_config
+from .folders import PRIOR_CONFIG_NAME, read_prior_config
+from .latent import LatentDiffusionPrior
 from .stable_diffusion import StableDiffusionPrior
 
 __all__ = ["SHIPPED_PRIORS", "WEIGHTS_DIR", "available_priors", "load_prior", "prior_folder"]

@@ -49,8 +49,9 @@ import torch
 from torch import Tensor
 
 from ..errors import ConfigError, FileFormatError
-from .latent import (
-    AutoencoderPrior,
+from ..units import affine_unit_map
+from .autoencoder import AutoencoderPrior
+from .folders import (
     load_scheduler,
     network_load_options,
     prepare_save_folder,
@@ -58,7 +59,6 @@ from .latent import (
     require_subfolders,
     resolve_device,
     resolve_dtype,
-    unit_map,
     write_prior_config,
 )
 
@@ -182,7 +182,9 @@ class StableDiffusionPrior(AutoencoderPrior):
     ) -> None:
         if int(image_channels) not in (1, 3):
             raise ConfigError(f"image_channels must be 1 or 3, found {image_channels}")
-        scale, offset = unit_map(data_range, data_scale, data_offset, default_range=(0.0, 1.0))
+        scale, offset = affine_unit_map(
+            data_range, data_scale, data_offset, default_range=(0.0, 1.0)
+        )
         latent_channels = int(vae.config.latent_channels)
         if int(unet.config.in_channels) != latent_channels:
             raise ConfigError(

@@ -23,7 +23,8 @@ from typing import Any
 import torch
 
 from ..errors import ConfigError
-from .latent import LatentDiffusionPrior, build_latent_prior, prepare_save_folder
+from .folders import prepare_save_folder
+from .latent import LatentDiffusionPrior, build_latent_prior
 from .stable_diffusion import save_pipeline_folder
 
 __all__ = [

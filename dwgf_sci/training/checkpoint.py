@@ -16,7 +16,7 @@ On load the SHA-256 of every file is checked: a truncated or altered checkpoint 
 :class:`CheckpointError` naming the file, instead of resuming from garbage.
 
 The random state needs no saving: the trainer derives every random draw of step ``s`` from
-``(seed, stage, s)`` (see :func:`dwgf_sci.training.trainer.step_generator`).
+``(seed, stage, s)`` (see :func:`dwgf_sci.training.loop.step_generator`).
 """
 
 from __future__ import annotations

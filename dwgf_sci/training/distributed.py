@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import ConfigError
-from ..priors.latent import resolve_device
+from ..priors.folders import resolve_device
 
 __all__ = ["DistContext", "init_distributed"]
 

@@ -57,7 +57,7 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError, FileFormatError, OutputExistsError
 from ..priors.base import LatentPrior
-from ..priors.latent import PRIOR_CONFIG_NAME
+from ..priors.folders import PRIOR_CONFIG_NAME
 from .checkpoint import remove_checkpoints
 from .config import TrainConfig
 from .data import TrainingData, data_fingerprint, load_training_data

@@ -1,20 +1,10 @@
 r"""The map between physical units and the model range, fitted on the training data.
 
 Operators work in physical units; the networks of a prior in the model range (about
-``[-1, 1]``). :class:`UnitMap` is the map a trained prior stores in its ``dwgf_prior.json``
-(``data_scale``, ``data_offset``, ``stretch``, ``stretch_scale``) and it uses exactly the
-formulas of :class:`~dwgf_sci.priors.latent.LatentDiffusionPrior`:
-
-.. math::
-
-    s(x) = \begin{cases} x & \text{no stretch} \\
-                         \operatorname{asinh}(x / a) & \text{asinh stretch} \end{cases},
-    \qquad
-    x_\text{model} = \frac{s(x_\text{phys}) - \text{data\_offset}}{\text{data\_scale}},
-
-and its inverse :math:`x_\text{phys} = s^{-1}(\text{data\_scale}\, x_\text{model} +
-\text{data\_offset})` with :math:`s^{-1}(u) = a \sinh(u)`. Both maps are strictly increasing
-and smooth, so the map is invertible on the whole real line (no clipping anywhere).
+``[-1, 1]``). :class:`~dwgf_sci.units.UnitMap` (re-exported here) is the map a trained prior
+stores in its ``dwgf_prior.json``; its formulas, the affine map optionally after an ``asinh``
+stretch, are written once in :mod:`dwgf_sci.units` and are those a
+:class:`~dwgf_sci.priors.latent.LatentDiffusionPrior` applies. This module fits it.
 
 **Fitting** (:func:`fit_unit_map`). The robust percentiles ``(p_lo, p_hi)`` (default 0.1 % and
 99.9 %) of the (stretched) training pixels are mapped to ``-1`` and ``1``. Pixels beyond them
@@ -36,15 +26,14 @@ faint galaxies are then still resolved and bright cores compressed.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
-from typing import Any
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from ..errors import ConfigError, InvalidDataError
+from ..units import STRETCHES, UnitMap
 
 __all__ = ["AUTO_STRETCH_FRACTION", "DEFAULT_PERCENTILES", "UnitMap", "fit_unit_map"]
 
@@ -54,63 +43,6 @@ DEFAULT_PERCENTILES: tuple[float, float] = (0.1, 99.9)
 AUTO_STRETCH_FRACTION = 0.02
 #: At most this many pixels (an evenly strided subset) enter the percentile computation.
 _MAX_PIXELS = 4_000_000
-_STRETCHES = (None, "asinh")
-
-
-@dataclass(frozen=True)
-class UnitMap:
-    """An invertible map between physical units and the model range.
-
-    :param float data_scale: (stretched) physical units per model unit, ``> 0``.
-    :param float data_offset: (stretched) physical value of model ``0``.
-    :param stretch: ``None`` or ``"asinh"``.
-    :param float stretch_scale: the asinh softening :math:`a > 0` (physical units; unused without
-        a stretch).
-    """
-
-    data_scale: float
-    data_offset: float
-    stretch: str | None = None
-    stretch_scale: float = 1.0
-
-    def __post_init__(self) -> None:
-        if self.stretch not in _STRETCHES:
-            raise ConfigError(f"unknown stretch {self.stretch!r}; expected one of {_STRETCHES}")
-        if not (math.isfinite(self.data_scale) and self.data_scale > 0):
-            raise ConfigError(f"data_scale must be positive and finite, found {self.data_scale}")
-        if not math.isfinite(self.data_offset):
-            raise ConfigError(f"data_offset must be finite, found {self.data_offset}")
-        if not (math.isfinite(self.stretch_scale) and self.stretch_scale > 0):
-            raise ConfigError(
-                f"stretch_scale must be positive and finite, found {self.stretch_scale}"
-            )
-
-    def to_model(self, x: Tensor) -> Tensor:
-        """Physical units -> model range."""
-        if self.stretch == "asinh":
-            x = torch.asinh(x / self.stretch_scale)
-        return (x - self.data_offset) / self.data_scale
-
-    def from_model(self, x: Tensor) -> Tensor:
-        """Model range -> physical units (the inverse of :meth:`to_model`)."""
-        x = x * self.data_scale + self.data_offset
-        if self.stretch == "asinh":
-            x = self.stretch_scale * torch.sinh(x)
-        return x
-
-    def to_dict(self) -> dict[str, Any]:
-        """The JSON form (the keys of :class:`~dwgf_sci.priors.latent.LatentDiffusionPrior`)."""
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> UnitMap:
-        """Inverse of :meth:`to_dict`."""
-        return cls(
-            data_scale=float(data["data_scale"]),
-            data_offset=float(data["data_offset"]),
-            stretch=data.get("stretch"),
-            stretch_scale=float(data.get("stretch_scale", 1.0)),
-        )
 
 
 def _subset(values: Tensor) -> np.ndarray:
@@ -140,8 +72,8 @@ def fit_unit_map(
     """
     if stretch in ("none", ""):
         stretch = None
-    if stretch not in _STRETCHES:
-        raise ConfigError(f"unknown stretch {stretch!r}; expected one of {_STRETCHES}")
+    if stretch not in STRETCHES:
+        raise ConfigError(f"unknown stretch {stretch!r}; expected one of {STRETCHES}")
     try:
         p_lo, p_hi = (float(p) for p in percentiles)
     except (TypeError, ValueError):
