@@ -28,6 +28,15 @@ def _seed():
     yield
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Every test starts on one intra-op thread, also after a run in this process changed the
+    count (``--threads``): tiny tensors gain nothing from threads, and on a loaded two-core
+    machine their synchronisation slows small FFTs down ~100x."""
+    torch.set_num_threads(1)
+    yield
+
+
 @pytest.fixture(scope="session")
 def tiny_latent_prior():
     """An untrained 32 px latent diffusion prior with tiny networks (a learned decoder)."""

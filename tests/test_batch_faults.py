@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from astropy.io import fits
 
 from dwgf_sci.cli import main
@@ -28,14 +27,6 @@ def obs_dir(tmp_path_factory):
     folder = tmp_path_factory.mktemp("obs")
     simulate("galaxies", resolve_spec("psf", ["fwhm=3"]), folder, n=N_ITEMS, size=32)
     return folder
-
-
-@pytest.fixture
-def one_thread():
-    """Runs in this process use one thread, like the subprocesses (restored afterwards)."""
-    before = torch.get_num_threads()
-    yield
-    torch.set_num_threads(before)
 
 
 def job_args(obs_dir: Path, prior_dir: Path, out: Path) -> list[str]:
@@ -66,9 +57,7 @@ def hdu_arrays(path: Path) -> dict[str, np.ndarray]:
 
 
 @pytest.mark.slow
-def test_killed_job_restarts_and_matches_an_uninterrupted_run(
-    tmp_path, obs_dir, prior_dir, one_thread
-):
+def test_killed_job_restarts_and_matches_an_uninterrupted_run(tmp_path, obs_dir, prior_dir):
     out = tmp_path / "killed"
     command = [sys.executable, "-m", "dwgf_sci.cli", *job_args(obs_dir, prior_dir, out)]
     proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

@@ -279,17 +279,7 @@ def test_mixture_problem_is_deterministic_and_well_formed():
         make_mixture_problem(8, 9, 0)
 
 
-@pytest.fixture
-def one_thread():
-    """Run on one intra-op thread: with these tiny tensors threading is pure overhead (5x slower
-    on a loaded two-core machine)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def test_oracle_sampler_reaches_the_noise_floor_and_wrong_samplers_do_not(one_thread):
+def test_oracle_sampler_reaches_the_noise_floor_and_wrong_samplers_do_not():
     problem = make_mixture_problem(8, 2, seed=0)  # a posterior with five modes
     # With several modes one run's SW is dominated by how many samples land in each mode and
     # spreads over a factor ~4 around the floor whatever n is; averaging runs is what tightens it.

@@ -25,16 +25,6 @@ VJP_TOL = {torch.float32: 1e-4, torch.float64: 1e-10}
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # 32-pixel tensors gain nothing from intra-op threads, and on a loaded 2-core machine their
-    # synchronisation slows small FFTs down ~100x; restore the setting afterwards.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _batch_psf() -> np.ndarray:
     rng = np.random.default_rng(1)
     return rng.random((2, 1, 5, 4)).astype(np.float32) + 0.1

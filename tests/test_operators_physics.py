@@ -21,14 +21,6 @@ import dwgf_sci.operators as ops
 from dwgf_sci.errors import ConfigError, InvalidDataError, OperatorMismatchError
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _phantom(n: int) -> torch.Tensor:
     yy, xx = torch.meshgrid(
         torch.arange(n) - n / 2 + 0.5, torch.arange(n) - n / 2 + 0.5, indexing="ij"

@@ -13,14 +13,6 @@ import dwgf_sci.operators as ops
 from dwgf_sci.errors import ConfigError, InvalidDataError, OperatorMismatchError, ShapeError
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _rel(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.linalg.norm(a - b) / np.linalg.norm(b))
 

@@ -15,14 +15,6 @@ from dwgf_sci.errors import ConfigError, OperatorMismatchError
 REQUIRED_PRESETS = ["psf", "ct-sparse", "ct-limited", "fourier", "random-cs", "inpaint-psf"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.mark.parametrize("name", list(ops.PRESETS))
 def test_presets_build_and_simulate(name: str) -> None:
     spec = ops.resolve_spec(name)
