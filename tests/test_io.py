@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import json
 import os
 import shutil
@@ -408,7 +409,7 @@ def test_make_provenance_fields():
     rec = sample_record()
     assert rec["software"] == "dwgf-sci" and rec["version"] == dwgf_sci.__version__
     assert rec["libraries"]["torch"] == torch.__version__
-    assert rec["libraries"]["deepinv"] is not None
+    assert rec["libraries"]["deepinv"] == importlib.metadata.version("deepinv")
     assert rec["created"].endswith("Z")
     assert rec["operator"]["kernel"] == [[1.0, 1.0], [1.0, 1.0]]
     assert rec["operator"]["pad"] == [1, 2]
