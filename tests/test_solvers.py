@@ -13,7 +13,6 @@ from dwgf_sci.operators import MatrixOperator
 from dwgf_sci.priors import GaussianMixturePrior
 from dwgf_sci.solvers import DWGF, Posterior
 from dwgf_sci.solvers.dwgf import (
-    FAST,
     REFERENCE,
     image_cg,
     latent_rto,
@@ -182,7 +181,9 @@ def test_image_step_runs_without_decoder_backward(tiny_latent_prior, tiny_blur_p
     assert post.calls["encoder"] == 2 * 2 * (8 - latent_levels)
     # the latent RTO levels: one backward for the gradient and one per CG iteration
     assert post.calls["decoder_backward"] == 2 * latent_levels * (solver.cg_steps + 1)
-    assert FAST.config.likelihood_step == "image" and FAST.config.image.until == 0
+    # the fast preset takes the image step at every level: no decoder backward unless it retries
+    fast = DWGF(prior, "fast", particles=2, steps=4, seed=0)(y, physics)
+    assert "retry" not in fast.history[-1] and fast.calls.get("decoder_backward", 0) == 0
     with pytest.raises(ConfigError, match="image_until"):
         DWGF(prior, image_until=-1.0)
     with pytest.raises(ConfigError, match="image"):
