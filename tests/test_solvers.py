@@ -181,9 +181,13 @@ def test_image_step_runs_without_decoder_backward(tiny_latent_prior, tiny_blur_p
     assert post.calls["encoder"] == 2 * 2 * (8 - latent_levels)
     # the latent RTO levels: one backward for the gradient and one per CG iteration
     assert post.calls["decoder_backward"] == 2 * latent_levels * (solver.cg_steps + 1)
-    # the fast preset takes the image step at every level: no decoder backward unless it retries
+    # the fast preset takes the image step at every level: a decoder backward pass only when it
+    # retries (this untrained prior's mean misses the data, so it does here)
     fast = DWGF(prior, "fast", particles=2, steps=4, seed=0)(y, physics)
-    assert "retry" not in fast.history[-1] and fast.calls.get("decoder_backward", 0) == 0
+    retried = any("retry" in h for h in fast.history)
+    assert (fast.calls.get("decoder_backward", 0) > 0) == retried
+    plain = DWGF(prior, "fast", particles=2, steps=4, seed=0, image_retry=0.0)(y, physics)
+    assert plain.calls.get("decoder_backward", 0) == 0
     with pytest.raises(ConfigError, match="image_until"):
         DWGF(prior, image_until=-1.0)
     with pytest.raises(ConfigError, match="image"):
