@@ -260,15 +260,15 @@ preconditioned and the preset retries misfits::
     python benchmarks/tune_dwgf_fast.py --tasks galaxy-deconv galaxy-cs-fourier --n 4 \
         --configs fast-retry-error
 
-Against ``fast-image-retry01`` (the fast preset's settings), paired: limited-angle CT +2.79 dB
-(n=3: 33.54, 30.95, 31.12 against 29.24, 28.54, 29.46), 20-view CT +0.44 (n=4; every problem
-up, by 0.1-0.7), 60-view CT +0.04 (n=2), galaxy deconvolution -2.32 (n=4: -0.52, -4.36, -4.97
-and +0.58), Fourier sampling +6.05 (n=2; 62.82 and 62.43 against 61.00 and 52.15). On the CT prior it is a gain on every task, so the prior
-carries the choice (``solver_hints={"image_error": True}`` in ``ct-64``'s ``dwgf_prior.json``,
-read by ``image_error="auto"``, the presets' value); on the galaxy prior it is a large loss on
-deconvolution, the toolkit's main task, and a large gain on Fourier sampling, so ``galaxy-64``
-has no hint and the option stays for users whose operator has a large null space.
-"""
+Against ``fast-image-retry01`` (the fast preset's settings), paired: limited-angle CT +2.79 dB (n=3:
+33.54, 30.95, 31.12 against 29.24, 28.54, 29.46), 20-view CT +0.44 (n=4; every problem up, by
+0.1-0.7), 60-view CT +0.04 (n=2), galaxy deconvolution -2.32 (n=4: -0.52, -4.36, -4.97 and +0.58),
+Fourier sampling +6.05 (n=2; 62.82 and 62.43 against 61.00 and 52.15). On the CT prior it is a gain
+on every task, so the prior carries the choice (``solver_hints={"image_error": True}`` in
+``ct-64``'s ``dwgf_prior.json``, read by ``image_error="auto"``, the presets' value); on the galaxy
+prior it is a large loss on deconvolution, the toolkit's main task, and a large gain on Fourier
+sampling, so ``galaxy-64`` has no hint and the option stays for users whose operator has a large
+null space. """
 
 from __future__ import annotations
 
