@@ -1,7 +1,7 @@
 r"""Choose DWGF's model of the decoder's error on VALIDATION problems of the imaging benchmark.
 
 DWGF ends with an image-space step that models the autoencoder's error :math:`e = x - D(z)`
-(``decoder_error``, :meth:`dwgf_sci.solvers.DWGF.finalize_images`). This script runs the
+(``decoder_error``, :class:`dwgf_sci.solvers.dwgf.refine.DecoderErrorStep`). This script runs the
 default preset once per validation problem (data seed 1001, never the test problems), keeps
 its final particles and redoes only that last step with each candidate error model:
 

@@ -111,7 +111,7 @@ def _finalize(prior, model, n=4000, **kw):
     problem = solver.prepare(y, physics)
     base = torch.tensor([-1.0, -0.5, -0.2, 0.3, 0.8, 1.5]).reshape(1, 6, 1, 1)
     x = base.expand(problem.n, 6, 1, 1).clone()
-    samples, means = solver.finalize_images(x, x, problem)
+    samples, means = solver.errors(x, None, problem)  # the final decoder-error step
     return physics, y, base, samples, means
 
 

@@ -179,20 +179,12 @@ class LatentSolver(Reconstructor):
         """Latents ``(batch * particles, c, h, w)`` to decode into the samples."""
         raise NotImplementedError
 
-    def finalize_images(
-        self, x: Tensor, z: Tensor, problem: Problem
-    ) -> tuple[Tensor, Tensor | None]:
-        """Last touch on the decoded samples ``x`` (physical units): the samples and, if the
-        solver has them, each sample's conditional mean (averaged into the posterior mean
-        instead of the samples). Here: ``x`` unchanged, no conditional means."""
-        return x, None
-
     def finish(self, state: Any, problem: Problem) -> tuple[Tensor, Tensor, Tensor | None]:
-        """After the last step: the final latents, the samples decoded from them
-        (:meth:`finalize_images`) and their conditional means, if any."""
+        """After the last step: the final latents, the samples decoded from them and each
+        sample's conditional mean where the solver has one (here: None). A solver with a final
+        step on the decoded images (DWGF's decoder-error step) overrides this."""
         z = self.final_latents(state, problem).detach()
-        x, conditional_means = self.finalize_images(self.render_no_grad(z), z, problem)
-        return z, x, conditional_means
+        return z, self.render_no_grad(z), None
 
     def iterate(self, state: Any, problem: Problem) -> Steps:
         """The run's steps: :meth:`step` at each timestep of the grid, yielding ``(t, info)``
