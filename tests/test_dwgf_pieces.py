@@ -48,7 +48,9 @@ def test_every_config_field_reaches_settings_and_takes_its_keyword():
     for key in table:
         value = DWGF(prior).settings()[key]
         solver = DWGF(prior, **{key: value})
-        assert solver.settings()[key] == value and getattr(solver, key) == value
+        attribute = getattr(solver, key)  # the option itself (a tuple stays a tuple)
+        assert solver.settings()[key] == value
+        assert (list(attribute) if isinstance(attribute, tuple) else attribute) == value
 
 
 def test_unknown_or_invalid_options_name_the_option():

@@ -15,6 +15,7 @@ the validation figures behind them, is in ``docs/presets.md``.
 from __future__ import annotations
 
 import difflib
+import functools
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
@@ -353,6 +354,7 @@ _PREFIX = {
 }
 
 
+@functools.cache
 def keywords() -> Mapping[str, tuple[str | None, str]]:
     """Keyword of every option -> ``(section, field)`` (section None: a top-level field)."""
     table: dict[str, tuple[str | None, str]] = {}

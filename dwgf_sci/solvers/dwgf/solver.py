@@ -124,7 +124,8 @@ class DWGF(LatentSolver):
             config = self.__dict__.get("config")
             if config is None or name not in keywords():
                 raise
-            return config.settings()[name]
+            section, field = keywords()[name]
+            return getattr(config if section is None else getattr(config, section), field)
 
     def __setattr__(self, name: str, value: Any) -> None:
         """Options set by keyword (``solver.cg_steps = 8``) replace :attr:`config`
