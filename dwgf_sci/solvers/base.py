@@ -379,7 +379,10 @@ class LatentSolver(Reconstructor):
         grid = timestep_grid(
             self.prior.alphas_cumprod, self.steps, self.grid, self.t_min, self.t_max
         )
-        y = y.to(device)
+        # the measurements in the solver's precision (numpy's float64 included): every tensor a
+        # step mixes with them is in that dtype
+        complex_dtype = torch.complex128 if dtype == torch.float64 else torch.complex64
+        y = y.to(device=device, dtype=complex_dtype if torch.is_complex(y) else dtype)
         return Problem(
             y=y,
             y_rep=y.repeat_interleave(self.particles, dim=0),
