@@ -320,7 +320,8 @@ class LatentSolver(Reconstructor):
         with torch.no_grad():
             ax = problem.physics.A(mean.to(problem.y.device))
             chi2 = problem.data_term.reduced_chi2(ax, problem.y)
-        return {"reduced_chi2": chi2.detach(), "limit": chi2_limit(ax[0].numel())}
+            informative = int(problem.data_term.informative(ax).min())
+        return {"reduced_chi2": chi2.detach(), "limit": chi2_limit(informative)}
 
     # ------------------------------------------------------------------ checks
     def image_shape(self, y: Tensor, physics: Physics, img_size: Any) -> tuple[int, int, int]:
@@ -338,6 +339,25 @@ class LatentSolver(Reconstructor):
             "cannot infer the image size from the physics or the prior; pass img_size=(C, H, W)"
         )
 
+    #: Whether the solver weighs a per-pixel noise map (:class:`~dwgf_sci.operators.pixel_noise.
+    #: PixelNoise`); one that does not refuses such a physics before any work.
+    supports_noise_map: ClassVar[bool] = True
+
+    def resolve_data_term(self, physics: Physics) -> DataTerm:
+        """The data term bound to ``physics`` (its noise level or map)."""
+        return self.data_term.resolve(physics)
+
+    @staticmethod
+    def unmasked(y: Tensor, data_term: DataTerm) -> Tensor:
+        """``y`` checked for finite values where it carries information; masked pixels (infinite
+        variance in the noise map: NaN in a survey file) are set to 0, a value nothing reads."""
+        if data_term.variance_map is None:
+            check_finite(y, "the measurement y")
+            return y
+        masked = ~torch.isfinite(data_term.variance_like(y))
+        check_finite(torch.where(masked, 0.0, y), "the measurement y (its unmasked pixels)")
+        return torch.where(masked, 0.0, y)
+
     def prepare(
         self,
         y: Tensor,
@@ -350,9 +370,15 @@ class LatentSolver(Reconstructor):
             raise InvalidDataError(f"y must be a torch.Tensor, found {type(y).__name__}")
         if y.ndim < 2:
             raise ShapeError(f"y must have a batch dimension (B, ...), found {tuple(y.shape)}")
-        check_finite(y, "the measurement y")
         if not isinstance(physics, Physics):
             raise TypeError(f"physics must be a deepinv Physics, found {type(physics).__name__}")
+        data_term = self.resolve_data_term(physics)
+        if data_term.variance_map is not None and not self.supports_noise_map:
+            raise ConfigError(
+                f"{type(self).__name__} does not take a per-pixel noise map yet; use DWGF, "
+                "LatentDPS, PSLD or REDDiff, or give one noise_sigma"
+            )
+        y = self.unmasked(y, data_term)
         device = self.prior.device
         dtype = (
             torch.float32
@@ -373,7 +399,6 @@ class LatentSolver(Reconstructor):
                 f"measurement shape {tuple(y.shape[1:])} does not match the physics, which maps "
                 f"a {shape} image to {tuple(probe.shape[1:])}"
             )
-        data_term = self.data_term.resolve(physics)
         generator = torch.Generator(device=device)
         generator.manual_seed(self.seed if seed is None else int(seed))
         grid = timestep_grid(

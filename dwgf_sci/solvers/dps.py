@@ -62,6 +62,7 @@ from torch import Tensor
 
 from ..errors import ConfigError
 from ..operators.noise import noise_sigma
+from ..operators.pixel_noise import PixelNoise
 from ..priors.base import LatentPrior
 from .base import LatentSolver, Problem
 from .likelihood import DataTerm
@@ -267,15 +268,16 @@ class LatentDPS(GuidedDDIM):
             out["data_term"] = "auto"
         return out
 
-    def prepare(self, y: Tensor, physics: Physics, **kwargs: Any) -> Problem:
-        """As the base class; an automatic data term becomes Gaussian when the noise is known."""
-        problem = super().prepare(y, physics, **kwargs)
+    def resolve_data_term(self, physics: Physics) -> DataTerm:
+        """An automatic data term becomes Gaussian when the noise is known (one level or a
+        per-pixel map), else the unweighted ``"mse"``."""
         if self._auto_data_term:
             sigma = noise_sigma(physics)
             known = not torch.is_tensor(sigma) and sigma is not None and sigma > 0
-            if known or self.data_term.sigma is not None:
-                problem.data_term = DataTerm("gaussian", self.data_term.sigma).resolve(physics)
-        return problem
+            mapped = isinstance(getattr(physics, "noise_model", None), PixelNoise)
+            if known or mapped or self.data_term.sigma is not None:
+                return DataTerm("gaussian", self.data_term.sigma).resolve(physics)
+        return super().resolve_data_term(physics)
 
     def objective(
         self, ax: Tensor, rows: slice, a: float, s: float, problem: Problem, state: GuidedState
@@ -284,7 +286,10 @@ class LatentDPS(GuidedDDIM):
         y = problem.y_rep[rows]
         if self.loss == "nll":
             return problem.data_term(ax, y)
-        resid = (y - ax).flatten(1)
+        resid = y - ax
+        if problem.data_term.variance_map is not None:  # masked pixels drop out
+            resid = resid * problem.data_term.relative_weights(ax).sqrt()
+        resid = resid.flatten(1)
         if self.loss == "norm":
             return torch.linalg.vector_norm(resid, dim=1)
         return resid.abs().pow(2).sum(1)

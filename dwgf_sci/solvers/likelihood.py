@@ -2,12 +2,17 @@ r"""Data terms: the negative log-likelihood :math:`-\log p(y \mid x)` that solve
 
 ``gaussian``
     :math:`\frac{1}{2\sigma^2}\|y - A x\|^2` (deepinv :class:`~deepinv.optim.L2`), with
-    :math:`\sigma` read from the physics' noise model unless given.
+    :math:`\sigma` read from the physics' noise model unless given; with a per-pixel variance
+    map (:class:`~dwgf_sci.operators.pixel_noise.PixelNoise`),
+    :math:`\frac12\sum_i (y_i - (Ax)_i)^2 / v_i`, where a masked pixel (:math:`v_i = \infty`)
+    contributes nothing.
 ``poisson``
     Poisson negative log-likelihood with the physics' gain and background
     (deepinv :class:`~deepinv.optim.PoissonLikelihood`).
 ``mse``
-    :math:`\frac{1}{2}\,\mathrm{mean}\,(y - A x)^2`, unweighted: the reference DWGF data term.
+    :math:`\frac{1}{2}\,\mathrm{mean}\,(y - A x)^2`, unweighted: the reference DWGF data term
+    (with a noise map: the mean over unmasked pixels, each weighted by its inverse variance
+    relative to the mean one).
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from torch import Tensor
 
 from ..errors import ConfigError, InvalidDataError
 from ..operators.noise import noise_sigma, noise_spec
+from ..operators.pixel_noise import PixelNoise
 
 KINDS = ("gaussian", "poisson", "mse")
 
@@ -41,11 +47,19 @@ class DataTerm:
         self.sigma = None if sigma is None else float(sigma)
         self.gain = 1.0
         self.background = 0.0
+        #: Per-pixel noise variance ``(1 or B, ...)`` (``inf``: masked), or None for one sigma.
+        self.variance_map: Tensor | None = None
         self._fidelity = None
 
     def resolve(self, physics: Physics) -> DataTerm:
         """Fill in the noise parameters from ``physics`` (a new, bound :class:`DataTerm`)."""
         bound = DataTerm(self.kind, self.sigma)
+        model = getattr(physics, "noise_model", None)
+        if isinstance(model, PixelNoise) and (
+            self.kind == "mse" or (self.kind == "gaussian" and self.sigma is None)
+        ):
+            bound.variance_map = model.variance
+            return bound
         if self.kind == "gaussian":
             if bound.sigma is None:
                 found = noise_sigma(physics)
@@ -82,8 +96,12 @@ class DataTerm:
     def __call__(self, ax: Tensor, y: Tensor) -> Tensor:
         """Negative log-likelihood per sample, shape ``(n,)``; ``mse`` gives an element mean."""
         if self.kind == "mse":
+            if self.variance_map is not None:  # relative weights: masked pixels drop out
+                return 0.5 * self._relative(ax, (ax - y).pow(2))
             return 0.5 * (ax - y).pow(2).flatten(1).mean(1)
         if self.kind == "gaussian":
+            if self.variance_map is not None:
+                return 0.5 * ((ax - y).pow(2) / self.variance_like(ax)).flatten(1).sum(1)
             return self._fidelity.d.fn(ax, y)
         # deepinv's Poisson distance sums over the whole batch; evaluate item by item
         positive = ax.clamp_min(1e-8 * self.gain)
@@ -98,11 +116,64 @@ class DataTerm:
         The variance is :math:`\sigma^2` (Gaussian), the model counts (Poisson) or 1 (``mse``).
         """
         r2 = (ax - y).pow(2)
+        if self.kind == "mse" and self.variance_map is not None:
+            return self._relative(ax, r2)
+        if self.kind == "gaussian" and self.variance_map is not None:
+            r2 = r2 / self.variance_like(ax)
+            return r2.flatten(1).sum(1) / self.informative(ax)
         if self.kind == "gaussian":
             r2 = r2 / self.sigma**2
         elif self.kind == "poisson":
             r2 = r2 / (self.gain * (ax.clamp_min(0) + self.background)).clamp_min(1e-12)
         return r2.flatten(1).mean(1)
+
+    def variance_like(self, ax: Tensor) -> Tensor:
+        """The per-pixel variance map for the rows of ``ax`` (a map per measurement is repeated
+        over that measurement's particles; ``inf`` at masked pixels)."""
+        assert self.variance_map is not None
+        if torch.is_complex(ax):
+            raise ConfigError("a per-pixel noise map needs real measurements")
+        var = self.variance_map.to(device=ax.device, dtype=ax.dtype)
+        per_row = ax[0].numel()
+        maps = 1 if var.numel() == per_row else var.shape[0]
+        if maps * per_row != var.numel() or ax.shape[0] % maps:
+            raise ConfigError(
+                f"the noise map has shape {tuple(var.shape)}, which does not fit measurements "
+                f"of shape {tuple(ax.shape[1:])}"
+            )
+        var = var.reshape(maps, *ax.shape[1:])
+        if maps != ax.shape[0]:
+            var = var.repeat_interleave(ax.shape[0] // maps, 0)
+        return var
+
+    def relative_weights(self, ax: Tensor) -> Tensor:
+        """Inverse variances of the rows of ``ax`` over their mean on informative pixels: 1
+        everywhere for a constant map, 0 at masked pixels. Unweighted losses (``"mse"``,
+        DPS's residual norm) use them to drop masked pixels and weigh the others without
+        changing their scale."""
+        w = 1.0 / self.variance_like(ax)
+        mean_w = w.flatten(1).sum(1) / self.informative(ax)
+        return w / mean_w.reshape(-1, *[1] * (w.ndim - 1))
+
+    def _relative(self, ax: Tensor, r2: Tensor) -> Tensor:
+        """Per row, the mean over informative pixels of ``r2`` with :meth:`relative_weights`."""
+        return (r2 * self.relative_weights(ax)).flatten(1).sum(1) / self.informative(ax)
+
+    def informative(self, ax: Tensor) -> Tensor:
+        """Number of measurements per row that carry information (not masked)."""
+        if self.variance_map is None:
+            return torch.full((ax.shape[0],), ax[0].numel(), device=ax.device)
+        return torch.isfinite(self.variance_like(ax)).flatten(1).sum(1)
+
+    def variance(self, ax: Tensor) -> Tensor:
+        r"""Noise variance of each measurement of the rows ``ax``: :math:`\sigma^2`, the map
+        (``inf`` where masked), or for Poisson data the Gaussian approximation
+        :math:`g\,(Ax + b)` at ``ax``, at least one count (:math:`g`)."""
+        if self.kind == "gaussian":
+            if self.variance_map is not None:
+                return self.variance_like(ax)
+            return torch.full_like(ax, float(self.sigma) ** 2)
+        return (self.gain * (ax.clamp_min(0) + self.background)).clamp_min(self.gain)
 
 
 def chi2_limit(n: int) -> float:

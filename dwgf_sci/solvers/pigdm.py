@@ -86,6 +86,8 @@ class PiGDM(GuidedDDIM):
     """
 
     name: ClassVar[str] = "pigdm"
+    #: one noise level is built into its data step (a per-pixel map is refused)
+    supports_noise_map: ClassVar[bool] = False
 
     def __init__(
         self,

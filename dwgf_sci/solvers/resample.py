@@ -81,6 +81,8 @@ class ReSample(LatentDPS):
     """
 
     name: ClassVar[str] = "resample"
+    #: one noise level is built into its data step (a per-pixel map is refused)
+    supports_noise_map: ClassVar[bool] = False
 
     def __init__(
         self,

@@ -62,10 +62,17 @@ class ExactStep(LikelihoodStep):
         ax = ax.real if torch.is_complex(ax) else ax
         ax = ax.flatten(1).to(f64)
         offset, jac = ax[:1], (ax[1:] - ax[:1]).T  # (1, m), (m, dim)
-        sigma = float(problem.data_term.sigma)
-        lam, q = torch.linalg.eigh(jac.T @ jac / sigma**2)
         y = problem.y.real if torch.is_complex(problem.y) else problem.y
-        jty = (y.flatten(1).to(f64) - offset) @ jac / sigma**2
+        resid = y.flatten(1).to(f64) - offset
+        term = problem.data_term
+        if term.variance_map is not None:  # W = diag(1/v) per measurement, 0 where masked
+            w = 1.0 / term.variance_like(y).flatten(1).to(f64)  # (B, m)
+            lam, q = torch.linalg.eigh(torch.einsum("mi,bm,mj->bij", jac, w, jac))
+            jty = (resid * w) @ jac
+            return {"J": jac, "offset": offset, "lam": lam.clamp_min(0), "Q": q, "jty": jty}
+        sigma = float(term.sigma)
+        lam, q = torch.linalg.eigh(jac.T @ jac / sigma**2)
+        jty = resid @ jac / sigma**2
         return {"J": jac, "offset": offset, "lam": lam.clamp_min(0), "Q": q, "jty": jty}
 
     def exact_draw(self, state: ParticleState, v: Tensor, prec0: float, problem: Problem) -> Tensor:
@@ -73,9 +80,17 @@ class ExactStep(LikelihoodStep):
         assert isinstance(state.cache, ExactCache)
         g = state.cache.factors
         jty = g["jty"].repeat_interleave(problem.particles, 0)
+        noise = self.ops.randn(tuple(v.shape), problem).to(torch.float64)
+        if g["Q"].ndim == 3:  # one factorisation per measurement (a per-pixel noise map)
+            b, p = problem.batch, problem.particles
+            q = g["Q"]
+            prec = (prec0 + g["lam"])[:, None]  # (B, 1, dim)
+            rhs = (v.to(torch.float64) * prec0 + jty).reshape(b, p, -1)
+            coef = torch.bmm(rhs, q) / prec
+            out = torch.bmm(coef + noise.reshape(b, p, -1) / prec.sqrt(), q.transpose(1, 2))
+            return out.reshape(v.shape).to(v.dtype)
         prec = prec0 + g["lam"]
         coef = (v.to(torch.float64) * prec0 + jty) @ g["Q"] / prec
-        noise = self.ops.randn(tuple(v.shape), problem).to(torch.float64)
         return ((coef + noise / prec.sqrt()) @ g["Q"].T).to(v.dtype)
 
     def misfit(self, state: ParticleState, problem: Problem) -> dict[str, float]:
@@ -84,5 +99,10 @@ class ExactStep(LikelihoodStep):
         g = state.cache.factors
         y = problem.y_rep.real if torch.is_complex(problem.y_rep) else problem.y_rep
         resid = state.z.to(torch.float64) @ g["J"].T + g["offset"] - y.flatten(1)
-        r2 = resid.pow(2) / float(problem.data_term.sigma) ** 2
+        term = problem.data_term
+        if term.variance_map is not None:
+            r2 = resid.pow(2) / term.variance_like(resid)
+            chi2 = r2.sum(1) / term.informative(resid)
+            return {"data": float(0.5 * r2.sum(1).mean()), "chi2": float(chi2.mean())}
+        r2 = resid.pow(2) / float(term.sigma) ** 2
         return {"data": float(0.5 * r2.sum(1).mean()), "chi2": float(r2.mean())}

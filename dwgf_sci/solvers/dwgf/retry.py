@@ -58,7 +58,9 @@ class ImageRetry:
         with torch.no_grad():
             ax = real_flat(problem.physics.A(mean))
             chi2 = problem.data_term.reduced_chi2(ax, real_flat(problem.y))
-        return chi2, chi2 > chi2_limit(ax.shape[1])
+            informative = problem.data_term.informative(ax)
+        limits = torch.tensor([chi2_limit(int(k)) for k in informative], device=chi2.device)
+        return chi2, chi2 > limits
 
     @staticmethod
     def merge(result: Result, again: Result, bad: Tensor, particles: int) -> Result:

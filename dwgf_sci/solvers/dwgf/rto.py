@@ -48,13 +48,11 @@ def real_flat(t: Tensor) -> Tensor:
 
 
 def noise_variance(ax: Tensor, problem: Problem) -> Tensor:
-    r"""Measurement noise variance: :math:`\sigma^2` (Gaussian data term), or the Gaussian
-    approximation of the Poisson likelihood at the current particle, variance
-    :math:`g\,(A(D(u_0)) + b)`, at least one count (:math:`g`)."""
-    term = problem.data_term
-    if term.kind == "gaussian":
-        return torch.full_like(ax, float(term.sigma) ** 2)
-    return (term.gain * (ax.clamp_min(0) + term.background)).clamp_min(term.gain)
+    r"""Measurement noise variance at the current particle (:meth:`DataTerm.variance
+    <dwgf_sci.solvers.likelihood.DataTerm.variance>`): :math:`\sigma^2`, the per-pixel map
+    (``inf`` at masked pixels, which then carry no weight), or the Gaussian approximation of the
+    Poisson likelihood."""
+    return problem.data_term.variance(ax)
 
 
 def gauss_newton_rto(
@@ -112,8 +110,9 @@ def gauss_newton_rto(
     y = real_flat(problem.y_rep)
     noise_var = noise_variance(ax_c, problem)
     y_pert = y
-    if perturb:
-        y_pert = y + noise_var.sqrt() * solver.randn(tuple(y.shape), problem)
+    if perturb:  # masked pixels (infinite variance) keep their (finite, ignored) value
+        draw = noise_var.sqrt() * solver.randn(tuple(y.shape), problem)
+        y_pert = y + torch.where(torch.isfinite(noise_var), draw, 0.0)
 
     def graph_jt(w: Tensor) -> Tensor:  # J^T w through the stored graph
         parts = [torch.autograd.grad(ax, zc, w[sl], retain_graph=True)[0] for sl, zc, ax in graphs]
