@@ -22,6 +22,7 @@ from ._base import ComposedOperator, cgls
 from .masks import BadPixelMask, random_bad_pixel_mask
 from .matrix import MatrixOperator
 from .noise import SkyBackgroundNoise, make_noise, noise_sigma, noise_spec
+from .pixel_noise import MAP_KINDS, PixelNoise, variance_from_map
 from .psf import (
     PSFConvolution,
     airy_psf,
@@ -54,6 +55,9 @@ __all__ = [
     "PSFConvolution",
     "RandomSensing",
     "SkyBackgroundNoise",
+    "PixelNoise",
+    "MAP_KINDS",
+    "variance_from_map",
     "SparseViewCT",
     "airy_psf",
     "build_operator",
