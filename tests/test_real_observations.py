@@ -176,3 +176,36 @@ def test_solvers_without_noise_maps_say_so(tiny_latent_prior, tiny_blur_problem)
         with pytest.raises(ConfigError, match="noise map"):
             solver(y, physics)
         assert sum(tiny_latent_prior.calls.values()) == 0
+
+
+def test_classical_methods_weigh_the_map_and_skip_masked_pixels(tiny_blur_problem):
+    import deepinv as dinv
+
+    from dwgf_sci.errors import ConfigError
+    from dwgf_sci.solvers import RichardsonLucy, TVReconstruction, Wiener
+
+    physics, y = tiny_blur_problem
+    y = y.abs()
+    sigma = float(physics.noise_model.sigma)
+    scalar = dinv.physics.BlurFFT(img_size=(1, 32, 32), filter=physics.filter)
+    scalar.noise_model = dinv.physics.GaussianNoise(sigma)
+    physics.noise_model = PixelNoise(torch.full(y.shape[1:], sigma**2))
+    # a constant map without masked pixels is the unweighted method
+    for method in (RichardsonLucy(iterations=20), TVReconstruction(lam=0.01, iterations=20, stepsize=0.9)):
+        torch.testing.assert_close(method(y, physics).mean, method(y, scalar).mean)
+    torch.testing.assert_close(Wiener()(y, physics).mean, Wiener()(y, scalar).mean)
+    # masked pixels: any value gives the same result; Wiener refuses
+    var = torch.full(y.shape[1:], sigma**2)
+    var[0, 12:14, 4:28] = math.inf
+    var[0, :, 0] = 4 * sigma**2
+    physics.noise_model = PixelNoise(var)
+    for method in (RichardsonLucy(iterations=20), TVReconstruction(lam=0.01, iterations=20, stepsize=0.9)):
+        outs = []
+        for bad in (0.0, math.nan, 50.0):
+            y_bad = y.clone()
+            y_bad[0, 0, 12:14, 4:28] = bad
+            outs.append(method(y_bad, physics).mean)
+        assert torch.isfinite(outs[0]).all()
+        assert all(torch.equal(o, outs[0]) for o in outs[1:])
+    with pytest.raises(ConfigError, match="one noise level"):
+        Wiener()(y, physics)

@@ -12,6 +12,14 @@ r"""Classical reconstructions, returned as one-sample :class:`~dwgf_sci.solvers.
   proximal gradient descent with its :class:`~deepinv.optim.TVPrior`.
 
 They share the deepinv :class:`~deepinv.models.Reconstructor` interface with the samplers.
+
+With a per-pixel noise map on the physics (:class:`~dwgf_sci.operators.pixel_noise.PixelNoise`)
+the data are weighted by their inverse variance relative to the mean one, :math:`w_i`, 0 at
+masked pixels (NaN allowed there): Richardson-Lucy becomes
+:math:`x \leftarrow x \odot A^\top(w\,y / Ax) / A^\top w` (the EM iteration with missing
+data), TV minimises :math:`\frac12\|W^{1/2}(Ax - y)\|^2 + \lambda\,\mathrm{TV}(x)`, the
+pseudo-inverse sees masked pixels as 0, and Wiener, whose filter assumes one noise level on every
+pixel, refuses a map that is not one constant without masked pixels.
 """
 
 from __future__ import annotations
@@ -22,13 +30,23 @@ from typing import Any, ClassVar
 import torch
 from deepinv.models import Reconstructor
 from deepinv.optim import L2, PGD, TVPrior
-from deepinv.physics import Physics
+from deepinv.physics import LinearPhysics, Physics
 from torch import Tensor
 
 from .._checks import check_finite
 from ..errors import ConfigError
 from ..operators.noise import noise_sigma, noise_spec
+from ..operators.pixel_noise import PixelNoise
+from .likelihood import DataTerm
 from .posterior import Posterior
+
+
+def relative_weights(y: Tensor, physics: Physics) -> Tensor | None:
+    """Inverse-variance weights of the measurements relative to their mean (0 at masked
+    pixels), from the physics' noise map; None without one."""
+    if not isinstance(getattr(physics, "noise_model", None), PixelNoise):
+        return None
+    return DataTerm("gaussian").resolve(physics).relative_weights(y)
 
 
 class ClassicalSolver(Reconstructor):
@@ -49,7 +67,12 @@ class ClassicalSolver(Reconstructor):
         return self.sample(y, physics)
 
     def sample(self, y: Tensor, physics: Physics) -> Posterior:
-        """Reconstruct ``y`` (measurements ``(B, ...)``) with ``physics``."""
+        """Reconstruct ``y`` (measurements ``(B, ...)``) with ``physics``; with a noise map,
+        masked pixels may hold anything (NaN included) and are set to 0 first."""
+        weights = relative_weights(torch.nan_to_num(y), physics)
+        if weights is not None:
+            check_finite(torch.where(weights > 0, y, 0.0), "the measurement y (unmasked pixels)")
+            y = torch.where(weights > 0, y, 0.0)
         check_finite(y, "the measurement y")
         start = time.perf_counter()
         with torch.no_grad():
@@ -114,10 +137,20 @@ class Wiener(ClassicalSolver):
         :raises ConfigError: if no noise level is known (pass ``reg`` or ``noise_sigma``).
         """
         batch = y.shape[0]
+        model = getattr(physics, "noise_model", None)
+        if isinstance(model, PixelNoise):
+            var = model.variance
+            if not bool(torch.isfinite(var).all()) or bool((var != var.flatten()[0]).any()):
+                raise ConfigError(
+                    "Wiener assumes one noise level on every pixel; this noise map varies or "
+                    "masks pixels: use RichardsonLucy or TVReconstruction (both weigh the map)"
+                )
         if self.reg is not None:
             return torch.full((batch,), float(self.reg), dtype=torch.float64)
         flat = y.detach().reshape(batch, -1)
         sigma = self.noise_sigma if self.noise_sigma is not None else noise_sigma(physics)
+        if sigma is None and isinstance(model, PixelNoise):
+            sigma = float(model.variance.flatten()[0]) ** 0.5
         if sigma is None or not bool((torch.as_tensor(sigma) > 0).all()):
             spec = noise_spec(getattr(physics, "noise_model", None))
             if spec["type"] not in ("poisson", "poisson-gaussian"):
@@ -208,10 +241,20 @@ class RichardsonLucy(ClassicalSolver):
         :return: the estimate ``(B, C, H, W)``, in image units.
         """
         data = y.clamp_min(0)
-        norm = physics.A_adjoint(torch.ones_like(y)).clamp_min(self.floor)
-        x = torch.full_like(norm, float(data.mean()) + self.floor)
+        weights = relative_weights(y, physics)
+        if weights is None:
+            norm = physics.A_adjoint(torch.ones_like(y)).clamp_min(self.floor)
+            x = torch.full_like(norm, float(data.mean()) + self.floor)
+            for _ in range(self.iterations):
+                ratio = data / physics.A(x).clamp_min(self.floor)
+                x = x * physics.A_adjoint(ratio) / norm
+            return x
+        # weighted (missing-data) EM: masked pixels have weight 0
+        norm = physics.A_adjoint(weights).clamp_min(self.floor)
+        level = (data * weights).sum() / weights.sum().clamp_min(self.floor)
+        x = torch.full_like(norm, float(level) + self.floor)
         for _ in range(self.iterations):
-            ratio = data / physics.A(x).clamp_min(self.floor)
+            ratio = weights * data / physics.A(x).clamp_min(self.floor)
             x = x * physics.A_adjoint(ratio) / norm
         return x
 
@@ -259,6 +302,15 @@ class TVReconstruction(ClassicalSolver):
         :param physics: the forward operator.
         :return: the estimate ``(B, C, H, W)``, in image units.
         """
+        weights = relative_weights(y, physics)
+        init = physics.A_dagger(y)
+        if weights is not None:  # whitened operator W^1/2 A and data W^1/2 y
+            root = weights.sqrt()
+            physics = LinearPhysics(
+                A=lambda x, _a=physics.A: root * _a(x),
+                A_adjoint=lambda v, _t=physics.A_adjoint: _t(root * v),
+            )
+            y = root * y
         step = self.stepsize
         if step is None:
             x0 = physics.A_adjoint(y)
@@ -272,4 +324,4 @@ class TVReconstruction(ClassicalSolver):
             max_iter=self.iterations,
             early_stop=False,
         )
-        return solver(y, physics, init=physics.A_dagger(y))
+        return solver(y, physics, init=init)
