@@ -191,15 +191,24 @@ def test_classical_methods_weigh_the_map_and_skip_masked_pixels(tiny_blur_proble
     scalar.noise_model = dinv.physics.GaussianNoise(sigma)
     physics.noise_model = PixelNoise(torch.full(y.shape[1:], sigma**2))
     # a constant map without masked pixels is the unweighted method
-    for method in (RichardsonLucy(iterations=20), TVReconstruction(lam=0.01, iterations=20, stepsize=0.9)):
-        torch.testing.assert_close(method(y, physics).mean, method(y, scalar).mean)
+    for method in (
+        RichardsonLucy(iterations=20),
+        TVReconstruction(lam=0.01, iterations=20, stepsize=0.9),
+    ):
+        # (the weighted forms round differently: agreement to float32 accuracy)
+        torch.testing.assert_close(
+            method(y, physics).mean, method(y, scalar).mean, rtol=1e-4, atol=1e-4
+        )
     torch.testing.assert_close(Wiener()(y, physics).mean, Wiener()(y, scalar).mean)
     # masked pixels: any value gives the same result; Wiener refuses
     var = torch.full(y.shape[1:], sigma**2)
     var[0, 12:14, 4:28] = math.inf
     var[0, :, 0] = 4 * sigma**2
     physics.noise_model = PixelNoise(var)
-    for method in (RichardsonLucy(iterations=20), TVReconstruction(lam=0.01, iterations=20, stepsize=0.9)):
+    for method in (
+        RichardsonLucy(iterations=20),
+        TVReconstruction(lam=0.01, iterations=20, stepsize=0.9),
+    ):
         outs = []
         for bad in (0.0, math.nan, 50.0):
             y_bad = y.clone()
