@@ -25,6 +25,10 @@ class OperatorMismatchError(DwgfError, ValueError):
     """An image or measurement does not fit the forward operator it is used with."""
 
 
+class OperatorTypeError(DwgfError, TypeError):
+    """Something that is not a forward operator (a deepinv ``Physics``) was given as one."""
+
+
 class FileFormatError(DwgfError, ValueError):
     """A file is missing, corrupt, or lacks the HDU, dataset or key that was asked for."""
 

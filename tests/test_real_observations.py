@@ -22,14 +22,35 @@ def test_float64_measurements_give_the_float32_result(preset, tiny_latent_prior,
     y64 = y.double()
     got = DWGF(tiny_latent_prior, preset, **kw)(y64, physics)
     want = DWGF(tiny_latent_prior, preset, **kw)(y64.float(), physics)
-    assert got.samples.dtype == torch.float32
-    assert torch.equal(got.samples, want.samples)
+    # computed in the prior's float32, returned in the input's float64
+    assert got.samples.dtype == torch.float64 and got.mean.dtype == torch.float64
+    assert torch.equal(got.samples, want.samples.double())
+    half = DWGF(tiny_latent_prior, preset, **kw)(y.half(), physics)
+    assert half.samples.dtype == torch.float16 and torch.isfinite(half.samples).all()
 
 
 def test_a_baseline_takes_float64_measurements(tiny_latent_prior, tiny_blur_problem):
     physics, y = tiny_blur_problem
     post = LatentDPS(tiny_latent_prior, particles=2, steps=3, seed=0)(y.double(), physics)
-    assert post.samples.dtype == torch.float32 and torch.isfinite(post.samples).all()
+    assert post.samples.dtype == torch.float64 and torch.isfinite(post.samples).all()
+
+
+def test_bad_measurements_are_named_before_any_work(tiny_latent_prior, tiny_blur_problem):
+    from dwgf_sci.errors import DwgfError, OperatorMismatchError, OperatorTypeError
+
+    physics, y = tiny_blur_problem
+    solver = DWGF(tiny_latent_prior, particles=2, steps=2)
+    tiny_latent_prior.reset_calls()
+    with pytest.raises(OperatorMismatchError, match=r"shape \(1, 32, 32\).*y\[None\]"):
+        solver(y[0], physics)
+    with pytest.raises(InvalidDataError, match="complex"):
+        solver(y.to(torch.complex64), physics)
+    with pytest.raises(OperatorTypeError, match="NoneType") as info:
+        solver(y, None)
+    assert isinstance(info.value, DwgfError) and isinstance(info.value, TypeError)
+    assert sum(tiny_latent_prior.calls.values()) == 0
+    with pytest.warns(UserWarning, match="constant"):
+        solver(torch.zeros_like(y), physics)
 
 
 def heteroscedastic_problem(d: int = 6, m: int = 8, seed: int = 2):

@@ -17,6 +17,7 @@ every step it yields goes through the same progress bar, history and callback. A
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -28,7 +29,13 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from .._checks import check_finite
-from ..errors import ConfigError, InvalidDataError, OperatorMismatchError, ShapeError
+from ..errors import (
+    ConfigError,
+    InvalidDataError,
+    OperatorMismatchError,
+    OperatorTypeError,
+    ShapeError,
+)
 from ..priors.base import LatentPrior
 from .likelihood import DataTerm, chi2_limit
 from .posterior import Posterior
@@ -266,6 +273,8 @@ class LatentSolver(Reconstructor):
         :return: a :class:`Posterior` (samples in physical units).
         """
         problem = self.prepare(y, physics, img_size=img_size, seed=seed)
+        # computed in the prior's precision, returned in the input's (real float dtypes)
+        out_dtype = y.dtype if y.is_floating_point() else None
         callback = callback or self.callback
         self.prior.reset_calls()
         history: list[dict[str, float]] = []
@@ -298,6 +307,11 @@ class LatentSolver(Reconstructor):
         mean = None
         if conditional_means is not None:
             mean = conditional_means.reshape(b, n, *x.shape[1:]).mean(1)
+        samples = x.reshape(b, n, *x.shape[1:])
+        fit = self.data_fit(samples.mean(1) if mean is None else mean, problem)
+        if out_dtype is not None and out_dtype != x.dtype:
+            x = x.to(out_dtype)
+            mean = None if mean is None else mean.to(out_dtype)
         post = Posterior(
             x.reshape(b, n, *x.shape[1:]),
             settings=self.settings(),
@@ -307,7 +321,7 @@ class LatentSolver(Reconstructor):
             latents=z.reshape(b, n, *z.shape[1:]),
             mean=mean,
         )
-        post.fit = self.data_fit(post.as_tensor(), problem)
+        post.fit = fit
         post.timing["total_s"] = time.perf_counter() - start
         return post
 
@@ -371,7 +385,10 @@ class LatentSolver(Reconstructor):
         if y.ndim < 2:
             raise ShapeError(f"y must have a batch dimension (B, ...), found {tuple(y.shape)}")
         if not isinstance(physics, Physics):
-            raise TypeError(f"physics must be a deepinv Physics, found {type(physics).__name__}")
+            raise OperatorTypeError(
+                f"physics must be a deepinv Physics (the forward operator), found "
+                f"{type(physics).__name__}"
+            )
         data_term = self.resolve_data_term(physics)
         if data_term.variance_map is not None and not self.supports_noise_map:
             raise ConfigError(
@@ -395,9 +412,23 @@ class LatentSolver(Reconstructor):
                 f"the physics cannot be applied to an image of shape {shape}: {exc}"
             ) from exc
         if tuple(probe.shape[1:]) != tuple(y.shape[1:]):
+            hint = ""
+            if tuple(y.shape) == tuple(probe.shape[1:]):
+                hint = "; add the batch dimension (y[None])"
             raise OperatorMismatchError(
-                f"measurement shape {tuple(y.shape[1:])} does not match the physics, which maps "
-                f"a {shape} image to {tuple(probe.shape[1:])}"
+                f"the measurement y has shape {tuple(y.shape)}, not (B, *{tuple(probe.shape[1:])})"
+                f" as the physics gives for a {shape} image{hint}"
+            )
+        if torch.is_complex(y) and not torch.is_complex(probe):
+            raise InvalidDataError(
+                "the measurement y is complex but the physics gives real measurements"
+            )
+        flat = y.reshape(y.shape[0], -1)
+        if bool((flat == flat[:, :1]).all()):
+            warnings.warn(
+                f"the measurement y is constant ({float(flat[0, 0].real):g} everywhere): the "
+                "data say nothing about the image; check the file or the HDU",
+                stacklevel=3,
             )
         generator = torch.Generator(device=device)
         generator.manual_seed(self.seed if seed is None else int(seed))
