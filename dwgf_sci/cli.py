@@ -158,6 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="torch.compile the networks (slow first calls; faster afterwards on CUDA)",
     )
+    _add_read_options(rec)
     rec.add_argument("--out", required=True, help="output folder")
     rec.add_argument(
         "--format",
@@ -184,6 +185,74 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_prior_parser(sub)
     _add_benchmark_parser(sub)
     return parser
+
+
+def _add_read_options(p: argparse.ArgumentParser) -> None:
+    """Options of ``reconstruct`` saying how to read a survey file (default: recognise it)."""
+    g = p.add_argument_group(
+        "observation files",
+        "Without these options the FITS layout is recognised (SCI/ERR/DQ, SCI/WHT, "
+        "IMAGE/MASK/VARIANCE, an IVAR extension, else the first image HDU) and printed. NaN "
+        "science pixels are masked; the output then holds MASK and VARIANCE.",
+    )
+    g.add_argument("--hdu", default=None, metavar="NAME|INDEX", help="FITS HDU of the image")
+    g.add_argument("--key", default=None, help="HDF5 dataset of the image (default: y, else x)")
+    g.add_argument(
+        "--noise-map",
+        default=None,
+        metavar="HDU|KEY",
+        help="HDU (FITS) or dataset (HDF5) of the per-pixel noise map; 'none': use none",
+    )
+    g.add_argument(
+        "--noise-map-kind",
+        default=None,
+        choices=("sigma", "variance", "ivar", "weight"),
+        help="convention of the noise map (default: from its name: ERR sigma, VARIANCE, IVAR, WHT)",
+    )
+    g.add_argument(
+        "--weight-scale",
+        type=float,
+        default=1.0,
+        help="variance of a pixel of weight 1 for a weight map (default: 1)",
+    )
+    g.add_argument(
+        "--dq", default=None, metavar="HDU|KEY", help="data-quality bit plane or mask; 'none'"
+    )
+    g.add_argument(
+        "--dq-bits",
+        default=None,
+        metavar="B1,B2,...",
+        help="flag values of bad pixels, e.g. 1,2,4 (default: any non-zero value)",
+    )
+    g.add_argument(
+        "--nan",
+        default="mask",
+        choices=("mask", "error"),
+        help="NaN science pixels: mask them (default) or refuse the file",
+    )
+
+
+def _hdu_option(value: str | None) -> int | str | None:
+    """An HDU given on the command line: an index if it is an integer, else a name."""
+    if value is None:
+        return None
+    text = value.strip()
+    return int(text) if text.lstrip("-").isdigit() else text
+
+
+def _read_options(args: argparse.Namespace):
+    from .io.survey import ReadOptions
+
+    return ReadOptions(
+        hdu=_hdu_option(args.hdu),
+        key=args.key,
+        noise_map=_hdu_option(args.noise_map),
+        noise_map_kind=args.noise_map_kind,
+        weight_scale=args.weight_scale,
+        dq=_hdu_option(args.dq),
+        dq_bits=args.dq_bits,
+        nan=args.nan,
+    )
 
 
 def _add_train_prior_parser(sub: argparse._SubParsersAction) -> None:
@@ -297,6 +366,7 @@ def _reconstruct(args: argparse.Namespace) -> int:
         args.inputs, args.out, base_seed=args.seed, file_type=args.file_type, entries=entries
     )
     spec = _spec(args)
+    read = _read_options(args)
     options = {
         "seed": args.seed,
         "progress": not args.quiet,
@@ -321,6 +391,7 @@ def _reconstruct(args: argparse.Namespace) -> int:
             prior_name=args.prior,
             comm=comm,
             debug=args.debug,
+            read=read,
         )
         summary = runner.run()
     if comm.rank == 0:

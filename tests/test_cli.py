@@ -193,7 +193,8 @@ def test_user_errors_are_one_line(argv, message, capsys, tmp_path, monkeypatch):
     assert message in err and "Traceback" not in err and err.count("\n") == 1
 
 
-def test_nan_measurement_is_rejected_before_work(tmp_path, prior_dir, capsys):
+def test_nan_measurement_is_rejected_before_work_with_nan_error(tmp_path, prior_dir, capsys):
+    """NaN pixels are masked by default (tests/test_survey_files.py); ``--nan error`` refuses."""
     data = np.ones((32, 32), np.float32)
     data[3, 4] = np.nan
     path = tmp_path / "nan.fits"
@@ -209,6 +210,8 @@ def test_nan_measurement_is_rejected_before_work(tmp_path, prior_dir, capsys):
             "--out",
             str(tmp_path / "r"),
             "--quiet",
+            "--nan",
+            "error",
         ]
     )
     assert code == 2 and "NaN" in capsys.readouterr().err

@@ -42,6 +42,7 @@ import torch
 from ..errors import ConfigError, DwgfError, FileFormatError, OutputExistsError
 from ..io import read_fits, read_hdf5, read_provenance
 from ..io.formats import file_format
+from ..io.survey import ReadOptions
 from ..solvers.base import LatentSolver
 from .distributed import Comm
 from .manifest import (
@@ -195,6 +196,7 @@ class BatchRunner:
     :param prior_name: the prior's name or folder, for provenance and fingerprints.
     :param comm: the job's processes (:func:`~dwgf_sci.pipelines.distributed.batch_comm`).
     :param debug: let unexpected errors raise (with their traceback) instead of recording them.
+    :param read: how to read the inputs (:class:`~dwgf_sci.io.survey.ReadOptions`), or None.
     :param echo: where progress lines go (default: stdout); errors go to ``echo_err``.
     """
 
@@ -212,6 +214,7 @@ class BatchRunner:
         debug: bool = False,
         echo: Callable[[str], None] | None = None,
         echo_err: Callable[[str], None] | None = None,
+        read: ReadOptions | None = None,
     ) -> None:
         self.items = list(items)
         self.solver = solver
@@ -222,6 +225,7 @@ class BatchRunner:
         self.prior_name = prior_name
         self.comm = comm or Comm()
         self.debug = debug
+        self.read = read
         self.echo = echo or (lambda s: print(s, flush=True))
         self.echo_err = echo_err or (lambda s: print(s, file=sys.stderr, flush=True))
         self.job = self._job_settings()
@@ -232,12 +236,15 @@ class BatchRunner:
         prior = self.prior_name
         if prior is not None and Path(prior).is_dir():
             prior = str(Path(prior).resolve())
-        return {
+        job = {
             "solver": settings,
             "operator": self.spec,
             "prior": prior,
             "with_samples": bool(self.with_samples),
         }
+        if self.read is not None and not self.read.is_default():
+            job["read"] = self.read.record()
+        return job
 
     def fingerprint(self, item: BatchItem, input_sha256: str) -> str:
         """Hash of everything that determines ``item``'s output."""
@@ -423,6 +430,8 @@ class BatchRunner:
                 target=item.output,
                 seed=item.seed,
                 record={"batch": {"key": item.key, "fingerprint": fp}},
+                read=self.read,
+                echo=lambda line: self.echo(f"{self._prefix()}{line}"),
             )
             entry.update(self._done_fields(item, start))
         except DwgfError as exc:

@@ -1,8 +1,13 @@
-"""Reconstruction of measurement files: rebuild the operator, sample the posterior, write it out."""
+"""Reconstruction of measurement files: rebuild the operator, sample the posterior, write it out.
+
+A survey file's noise map and bad-pixel mask (:mod:`dwgf_sci.io.survey`) become the physics' noise
+model (:class:`~dwgf_sci.operators.pixel_noise.PixelNoise`), and the output carries the ``MASK``
+and ``VARIANCE`` used (:mod:`~dwgf_sci.pipelines.observed`).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,12 +18,14 @@ from astropy.io import fits
 from ..errors import ConfigError, OutputExistsError
 from ..io.formats import file_format
 from ..io.measurement import Measurement, read_measurement
+from ..io.survey import ReadOptions
 from ..metrics import coverage, psnr, ssim
 from ..operators import build_operator
 from ..operators.specs import canonical_spec
 from ..solvers.base import LatentSolver
 from ..solvers.likelihood import DataTerm, chi2_limit
 from ..solvers.posterior import Posterior
+from .observed import announce, map_weighted, pixel_noise_for, write_posterior
 from .plan import expand_inputs, output_path, plan_batch, split_name
 
 __all__ = [
@@ -128,6 +135,8 @@ def reconstruct_file(
     target: str | Path | None = None,
     seed: int | None = None,
     record: dict[str, Any] | None = None,
+    read: ReadOptions | None = None,
+    echo: Callable[[str], None] | None = print,
 ) -> ReconstructionResult:
     """Reconstruct one measurement file and write its posterior next to the others in ``out_dir``.
 
@@ -140,20 +149,28 @@ def reconstruct_file(
         follows its suffix.
     :param seed: the sampler's seed for this input (default: the solver's own seed).
     :param record: extra provenance fields (a batch job stores its item key and fingerprint).
+    :param read: how to read the input (science HDU or key, noise map, DQ plane, NaN policy);
+        default: recognise its layout. A noise map or a mask weighs the data per pixel, and the
+        output then holds ``MASK``/``mask`` and ``VARIANCE``/``variance`` too; how the file was
+        read is in the provenance (``observation``).
+    :param echo: where the one-line notes go (layout chosen, NaN pixels masked); None: nowhere.
     """
     path = Path(path)
     out_dir = Path(out_dir)
-    measurement = read_measurement(path)
+    measurement = read_measurement(path, options=read)
     physics, used, img_size = physics_for(measurement, spec, device=solver.prior.device)
+    weights = pixel_noise_for(measurement, physics, solver)
     target = output_path(path, out_dir, file_type) if target is None else Path(target)
     if target.resolve() == path.resolve():
         raise ConfigError(f"the output {target} would replace the input; choose another --out")
     if target.exists() and not overwrite:
         raise OutputExistsError(f"{target} exists already; pass --overwrite to replace it")
     target.parent.mkdir(parents=True, exist_ok=True)
+    announce(measurement, echo)
     y = measurement.y.to(solver.prior.device)
-    post = solver(y, physics, img_size=img_size, seed=seed)
-    scores = quality(post, measurement.truth, physics, y, solver.data_term.resolve(physics))
+    with map_weighted(solver, weights is not None):
+        post = solver(y, physics, img_size=img_size, seed=seed)
+        scores = quality(post, measurement.truth, physics, y, solver.data_term.resolve(physics))
     record = {
         "kind": "reconstruction",
         "input": str(path),
@@ -164,10 +181,14 @@ def reconstruct_file(
         "metrics": scores,
         **(record or {}),
     }
+    if measurement.observation is not None:
+        record["observation"] = measurement.observation
     header = None
     if isinstance(measurement.header, fits.Header) and tuple(measurement.y.shape[1:]) == img_size:
         header = measurement.header
-    if file_format(target) == "fits":
+    if weights is not None:
+        write_posterior(post, target, weights, header, overwrite, with_samples, record)
+    elif file_format(target) == "fits":
         post.to_fits(
             target, header=header, overwrite=overwrite, with_samples=with_samples, provenance=record
         )
@@ -190,8 +211,8 @@ def reconstruct_files(
         (:func:`~dwgf_sci.pipelines.plan.item_seed`).
     :param out_dir: the output folder.
     :param kwargs: further arguments of :func:`reconstruct_file` (``spec``, ``file_type``,
-        ``overwrite``, ``with_samples``, ``prior_name``, ``record``); ``target`` and ``seed`` are
-        set per item and must not be passed.
+        ``overwrite``, ``with_samples``, ``prior_name``, ``record``, ``read``, ``echo``);
+        ``target`` and ``seed`` are set per item and must not be passed.
     :return: one :class:`ReconstructionResult` per input file, in input order.
     :raises FileFormatError: an input that matches nothing.
     :raises ConfigError: no input, or two inputs with the same output or key
