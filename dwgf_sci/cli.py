@@ -195,7 +195,9 @@ def _add_read_options(p: argparse.ArgumentParser) -> None:
         "IMAGE/MASK/VARIANCE, an IVAR extension, else the first image HDU) and printed. NaN "
         "science pixels are masked; the output then holds MASK and VARIANCE.",
     )
-    g.add_argument("--hdu", default=None, metavar="NAME|INDEX", help="FITS HDU of the image")
+    g.add_argument(
+        "--hdu", default=None, metavar="NAME|INDEX", help="FITS HDU of the image (NAME,VER too)"
+    )
     g.add_argument("--key", default=None, help="HDF5 dataset of the image (default: y, else x)")
     g.add_argument(
         "--noise-map",
@@ -232,12 +234,16 @@ def _add_read_options(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _hdu_option(value: str | None) -> int | str | None:
-    """An HDU given on the command line: an index if it is an integer, else a name."""
+def _hdu_option(value: str | None) -> int | str | tuple[str, int] | None:
+    """An HDU given on the command line: an index if it is an integer, ``NAME,VER`` as an
+    ``(EXTNAME, EXTVER)`` pair, else a name."""
     if value is None:
         return None
     text = value.strip()
-    return int(text) if text.lstrip("-").isdigit() else text
+    if text.lstrip("-").isdigit():
+        return int(text)
+    name, _, ver = text.rpartition(",")
+    return (name.strip(), int(ver)) if name and ver.strip().isdigit() else text
 
 
 def _read_options(args: argparse.Namespace):

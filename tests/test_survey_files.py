@@ -150,6 +150,30 @@ def test_masked_pixel_values_do_not_change_the_samples(tmp_path, solver) -> None
     assert np.isfinite(sa.numpy()).all() and np.array_equal(sa.numpy(), sb.numpy())
 
 
+def test_the_companions_of_a_chosen_chip(tmp_path) -> None:
+    """Two chips (SCI,1 and SCI,2): ``hdu=("SCI", 2)`` takes ERR,2 and DQ,2."""
+    path = tmp_path / "flt.fits"
+    hdus = [fits.PrimaryHDU()]
+    for ver in (1, 2):
+        dq = np.zeros((SIZE, SIZE), np.int16)
+        dq[ver, ver] = 16
+        for name, data in (
+            ("SCI", image(ver)),
+            ("ERR", np.full((SIZE, SIZE), ver * SIGMA, np.float32)),
+            ("DQ", dq),
+        ):
+            hdus.append(fits.ImageHDU(data, name=name, ver=ver))
+    fits.HDUList(hdus).writeto(path)
+    first = read_measurement(path)
+    assert first.observation["science"] == "1 (SCI)" and bool(first.mask[0, 0, 1, 1])
+    second = read_measurement(path, ("SCI", 2))
+    obs = second.observation
+    assert obs["layout"] == "SCI/ERR/DQ" and obs["science"] == "4 (SCI, ver 2)"
+    assert obs["noise_map"] == "5 (ERR, ver 2)" and obs["dq"] == "6 (DQ, ver 2)"
+    assert bool(second.mask[0, 0, 2, 2]) and int(second.mask.sum()) == 1
+    assert math.isclose(float(second.variance[0, 0, 0, 0]), (2 * SIGMA) ** 2, rel_tol=1e-6)
+
+
 def test_sci_wht_is_a_weight_map(tmp_path, solver) -> None:
     path = tmp_path / "drz.fits"
     wht = np.full((SIZE, SIZE), 1 / SIGMA**2, np.float32)
@@ -237,7 +261,7 @@ def test_nan_pixels_masked_or_refused(tmp_path, solver) -> None:
     fits.PrimaryHDU(data).writeto(path)
     result, lines = run(path, solver, tmp_path / "out")
     assert lines == [
-        f"{path}: layout first image HDU: science HDU 0 (PRIMARY); 2 pixel(s) masked",
+        f"{path}: layout first image HDU: science HDU 0 (PRIMARY); no noise map; 2 pixel(s) masked",
         f"{path}: 2 NaN pixel(s) in the science data masked (--nan error refuses them)",
     ]
     obs = read_provenance(result.output)["observation"]
@@ -347,3 +371,11 @@ def test_the_cli_reads_a_survey_file_once(tmp_path, prior_dir, capsys, fits_open
     code = main([*argv, "--out", str(tmp_path / "out2"), "--hdu", "SCI", "--noise-map", "NOPE"])
     err = capsys.readouterr().err
     assert code == 2 and "no HDU named 'NOPE'" in err and "Traceback" not in err
+
+
+def test_hdu_options_on_the_command_line() -> None:
+    from dwgf_sci.cli import _hdu_option
+
+    assert _hdu_option("1") == 1 and _hdu_option("-1") == -1 and _hdu_option(None) is None
+    assert _hdu_option("SCI") == "SCI" and _hdu_option("SCI,2") == ("SCI", 2)
+    assert _hdu_option("none") == "none"

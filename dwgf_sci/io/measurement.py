@@ -161,9 +161,9 @@ def _read_fits_measurement(path: Path, options: ReadOptions) -> Measurement:
         }
         return layout, own, record, y, noise, dq, truth, arrays
 
-    layout, own, record, found, noise, dq, truth, arrays = with_fits(p, action)
-    layout: Layout
-    data, header, label = found
+    found: tuple[Layout, bool, dict[str, Any], Any, Any, Any, Any, dict[str, Any]]
+    found = with_fits(p, action)
+    layout, own, record, (data, header, label), noise, dq, truth, arrays = found
     where = f"FITS file {p} HDU {label}"
     y_np, var_np, mask_np, counts = combine_maps(
         data,

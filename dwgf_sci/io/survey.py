@@ -189,36 +189,53 @@ def _informational(header: fits.Header) -> dict[str, int]:
     return out
 
 
-def _auto_layout(hdul: fits.HDUList, p: Path, own: bool) -> Layout:
-    """The layout recognised from the ``EXTNAME`` of the image HDUs."""
-    if own:
-        return Layout("dwgf-sci measurement", 0)
-    sci = _find(hdul, "SCI")
-    if sci is not None:
-        ver = _image_ver(hdul, sci)
+def _companions(hdul: fits.HDUList, science: int) -> Layout | None:
+    """The layout around a science HDU named ``SCI`` or ``IMAGE`` (its ``EXTVER``), or an
+    ``IVAR`` extension of the file; None if it has no companion."""
+    name = str(hdul[science].name).upper()
+    ver = _image_ver(hdul, science)
+    if name == "SCI":
         err, wht, dq = (_find(hdul, n, ver) for n in ("ERR", "WHT", "DQ"))
         noise, kind = (err, "sigma") if err is not None else (wht, "weight")
         kind = None if noise is None else kind
         parts = ["SCI", *(["ERR"] if err is not None else ["WHT"] if wht is not None else [])]
         parts += ["DQ"] if dq is not None else []
-        return Layout("/".join(parts), sci, noise, kind, dq)
-    image, mask, var = (_find(hdul, n) for n in ("IMAGE", "MASK", "VARIANCE"))
-    if image is not None and (mask is not None or var is not None):
-        found = (("IMAGE", image), ("MASK", mask), ("VARIANCE", var))
-        name = "/".join(n for n, i in found if i is not None)
-        ignore = _informational(hdul[mask].header) if mask is not None else {}
-        return Layout(name, image, var, "variance" if var is not None else None, mask, ignore)
-    ivar = _find(hdul, "IVAR")
-    if ivar is not None:
-        others = [
+        return Layout("/".join(parts), science, noise, kind, dq)
+    if name == "IMAGE":
+        mask, var = (_find(hdul, n, ver) for n in ("MASK", "VARIANCE"))
+        if mask is not None or var is not None:
+            found = (("IMAGE", science), ("MASK", mask), ("VARIANCE", var))
+            label = "/".join(n for n, i in found if i is not None)
+            ignore = _informational(hdul[mask].header) if mask is not None else {}
+            kind = "variance" if var is not None else None
+            return Layout(label, science, var, kind, mask, ignore)
+    ivar = _find(hdul, "IVAR", ver)
+    if ivar is not None and name not in _NOT_SCIENCE:
+        return Layout(f"{name or 'PRIMARY'}/IVAR", science, ivar, "ivar")
+    return None
+
+
+#: EXTNAMEs that never hold the science image of a recognised layout.
+_NOT_SCIENCE = frozenset({"IVAR", "MASK", "DQ", "ERR", "WHT", "VARIANCE", "CTX", "CON"})
+
+
+def _auto_layout(hdul: fits.HDUList, p: Path, own: bool, science: int | None) -> Layout:
+    """The layout recognised from the ``EXTNAME`` of the image HDUs, around ``science`` when
+    the user named it (else around the science HDU the names point at)."""
+    if own and science in (None, 0):
+        return Layout("dwgf-sci measurement", 0)
+    if science is not None:
+        return _companions(hdul, science) or Layout(f"HDU {hdu_label(hdul, science)}", science)
+    candidates = [_find(hdul, "SCI"), _find(hdul, "IMAGE")]
+    if _find(hdul, "IVAR") is not None:
+        candidates += [
             i
             for i, h in enumerate(hdul)
-            if has_image_data(h) and str(h.name).upper() not in ("IVAR", "MASK", "DQ")
-        ]
-        if others:
-            return Layout(
-                f"{str(hdul[others[0]].name).upper() or 'PRIMARY'}/IVAR", others[0], ivar, "ivar"
-            )
+            if has_image_data(h) and str(h.name).upper() not in _NOT_SCIENCE
+        ][:1]
+    for index in candidates:
+        if index is not None and (layout := _companions(hdul, index)) is not None:
+            return layout
     return Layout("first image HDU", resolve_hdu(hdul, None, p))
 
 
@@ -227,19 +244,17 @@ def recognise_layout(
 ) -> Layout:
     """The HDUs to read: the recognised layout, with the user's options applied.
 
-    An explicit science HDU other than the recognised one drops the recognised companions (they
-    belong to another image); ``noise_map``/``dq`` name their HDUs (``"none"``: none).
+    The companions of an explicit science HDU are found the same way (``--hdu SCI,2`` on a file
+    with two chips takes ``ERR,2`` and ``DQ,2``); ``noise_map``/``dq`` name their HDUs
+    (``"none"``: none).
 
     :param own: the file is a measurement written by dwgf-sci (its image is the primary HDU).
     :raises FileFormatError: an HDU named that the file lacks (the message lists those it has).
     :raises ConfigError: a noise map whose convention cannot be told from its name, options that
         need a map or a bit plane that is not there.
     """
-    layout = _auto_layout(hdul, p, own)
-    if options.hdu is not None:
-        idx = resolve_hdu(hdul, options.hdu, p)
-        if idx != layout.science:
-            layout = Layout(f"HDU {hdu_label(hdul, idx)}", idx)
+    science = resolve_hdu(hdul, options.hdu, p) if options.hdu is not None else None
+    layout = _auto_layout(hdul, p, own, science)
     if isinstance(options.noise_map, str) and options.noise_map.lower() == NONE:
         layout = replace(layout, noise_map=None, kind=None)
     elif options.noise_map is not None:

@@ -102,7 +102,7 @@ def announce(measurement: Measurement, echo: Callable[[str], None] | None) -> No
         ignored = info.get("dq_ignored")
         text += f" except {'/'.join(ignored)}" if ignored else ""
         parts.append(f"bad pixels from {where} {info['dq']} ({text})")
-    if info.get("noise_map") is None and measurement.mask is None:
+    if info.get("noise_map") is None:
         parts.append("no noise map")
     parts.append(f"{info['masked_pixels']} pixel(s) masked")
     echo("; ".join(parts))
