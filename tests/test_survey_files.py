@@ -379,3 +379,16 @@ def test_hdu_options_on_the_command_line() -> None:
     assert _hdu_option("1") == 1 and _hdu_option("-1") == -1 and _hdu_option(None) is None
     assert _hdu_option("SCI") == "SCI" and _hdu_option("SCI,2") == ("SCI", 2)
     assert _hdu_option("none") == "none"
+
+
+def test_a_survey_file_with_the_psf_from_its_own_fits_file(tmp_path, solver) -> None:
+    path = tmp_path / "jw.fits"
+    write_sci_err_dq(path)
+    psf_path = tmp_path / "psf.fits"
+    yy, xx = np.mgrid[:7, :7]
+    psf = np.exp(-((yy - 3.0) ** 2 + (xx - 3.0) ** 2) / 3.0).astype(np.float32)
+    fits.PrimaryHDU(psf / psf.sum()).writeto(psf_path)
+    spec = resolve_spec("psf", ["profile=array", f"source={psf_path}"])
+    result, lines = run(path, solver, tmp_path / "out", spec=spec)
+    assert "layout SCI/ERR/DQ" in lines[0]
+    assert read_provenance(result.output)["operator"]["profile"] == "array"
