@@ -155,10 +155,13 @@ def prepare_save_folder(save_directory: str | os.PathLike[str], overwrite: bool)
 
 
 def refuse_pickle_weights(folder: Path, subfolders: Sequence[str]) -> None:
-    """Raise if a component folder holds pickled weights and no safetensors weights.
+    """Raise if component folders hold pickled weights and no safetensors weights.
+
+    Every such component is named in one message, with its pickled files.
 
     :raises FileFormatError: naming the pickled files.
     """
+    found = []
     for sub in subfolders:
         path = folder / sub
         if not path.is_dir():
@@ -167,11 +170,14 @@ def refuse_pickle_weights(folder: Path, subfolders: Sequence[str]) -> None:
         has_safe = any(p.name.endswith(".safetensors") for p in files)
         pickled = sorted(p.name for p in files if p.name.endswith(_PICKLE_SUFFIXES))
         if pickled and not has_safe:
-            raise FileFormatError(
-                f"{path} holds pickled weights ({', '.join(pickled)}) and no .safetensors file; "
-                "pickle files can run arbitrary code and are not loaded. Convert them with "
-                "save_pretrained(..., safe_serialization=True) in a trusted environment"
-            )
+            found.append(", ".join(f"{sub}/{name}" for name in pickled))
+    if found:
+        raise FileFormatError(
+            f"{folder} holds pickled weights ({'; '.join(found)}) and no .safetensors file "
+            "beside them; only safetensors weights are loaded (pickle files can run arbitrary "
+            "code and are never unpickled). Convert them with "
+            "save_pretrained(..., safe_serialization=True) in a trusted environment"
+        )
 
 
 def require_subfolders(folder: Path, names: Sequence[str], what: str) -> None:

@@ -56,6 +56,7 @@ from .folders import (
     network_load_options,
     prepare_save_folder,
     read_prior_config,
+    refuse_pickle_weights,
     require_subfolders,
     resolve_device,
     resolve_dtype,
@@ -385,6 +386,7 @@ class StableDiffusionPrior(AutoencoderPrior):
                     "dwgf_sci.priors.load_prior to load any saved prior"
                 )
             require_subfolders(path, _COMPONENTS, "Stable Diffusion model")
+            refuse_pickle_weights(path, ("vae", "unet", "text_encoder"))
         elif path.exists():
             raise FileFormatError(
                 f"{path} is a file; expected a diffusers Stable Diffusion folder (single-file "
@@ -399,7 +401,8 @@ class StableDiffusionPrior(AutoencoderPrior):
         dev = resolve_device(device)
         dt = resolve_dtype(dtype, dev, half_on_cuda=True)
         opts: dict[str, Any] = {"local_files_only": local}
-        weights: dict[str, Any] = {**opts, "dtype": dt}
+        # safetensors only, for hub ids too: a pickled .bin can run arbitrary code when loaded
+        weights: dict[str, Any] = {**opts, "dtype": dt, "use_safetensors": True}
         if variant is not None:
             weights["variant"] = variant
         try:
