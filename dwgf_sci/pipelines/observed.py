@@ -28,7 +28,13 @@ from ..solvers.base import LatentSolver
 from ..solvers.likelihood import DataTerm
 from ..solvers.posterior import Posterior
 
-__all__ = ["announce", "map_weighted", "pixel_noise_for", "write_posterior"]
+__all__ = [
+    "announce",
+    "check_noise_level",
+    "map_weighted",
+    "pixel_noise_for",
+    "write_posterior",
+]
 
 
 def pixel_noise_for(measurement: Measurement, physics: Any, solver: LatentSolver) -> Any:
@@ -71,6 +77,33 @@ def pixel_noise_for(measurement: Measurement, physics: Any, solver: LatentSolver
         variance[mask] = math.inf
     physics.noise_model = PixelNoise(variance.to(solver.prior.device))
     return variance
+
+
+def check_noise_level(measurement: Measurement, physics: Any, solver: LatentSolver) -> None:
+    """Refuse a Gaussian data term without its level when the operator's noise level is zero
+    (``--set noise.sigma=0``, or no noise at all): a zero noise level cannot weight the data.
+
+    Call it after :func:`pixel_noise_for` returned None (no noise map, no mask), before solving.
+
+    :raises ConfigError: naming ``--noise-sigma`` (and the noise-map options for an observation
+        file, which may hold a map).
+    """
+    term = solver.data_term
+    if term.kind != "gaussian" or term.sigma is not None:
+        return
+    level = noise_sigma(physics)
+    if level is None or torch.is_tensor(level) or level != 0:
+        return
+    fix = "pass the measurement's noise level with --noise-sigma SIGMA (in measurement units)"
+    fix += " or set a positive --set noise.sigma=SIGMA"
+    if measurement.observation is not None:
+        fix += (
+            ", or weigh the pixels by the file's noise map (--noise-map HDU|KEY, --noise-map-kind)"
+        )
+    raise ConfigError(
+        f"the operator's noise level is zero (noise.sigma=0 or no noise), and a zero "
+        f"noise level cannot weight the data; {fix}"
+    )
 
 
 @contextlib.contextmanager

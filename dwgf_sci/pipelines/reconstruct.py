@@ -25,7 +25,13 @@ from ..operators.specs import canonical_spec
 from ..solvers.base import LatentSolver
 from ..solvers.likelihood import DataTerm, chi2_limit
 from ..solvers.posterior import Posterior
-from .observed import announce, map_weighted, pixel_noise_for, write_posterior
+from .observed import (
+    announce,
+    check_noise_level,
+    map_weighted,
+    pixel_noise_for,
+    write_posterior,
+)
 from .plan import expand_inputs, output_path, plan_batch, split_name
 
 __all__ = [
@@ -105,7 +111,7 @@ def quality(
         data_term = DataTerm("gaussian", sigma)
     if fit:
         scores["reduced_chi2_mean"] = float(fit["reduced_chi2"].mean())
-        scores["reduced_chi2_limit"] = float(fit["limit"])
+        scores["reduced_chi2_limit"] = float(fit["limit"].max())
     elif data_term is not None and data_term.kind != "mse":
         with torch.no_grad():
             ax = physics.A(mean)
@@ -160,6 +166,8 @@ def reconstruct_file(
     measurement = read_measurement(path, options=read)
     physics, used, img_size = physics_for(measurement, spec, device=solver.prior.device)
     weights = pixel_noise_for(measurement, physics, solver)
+    if weights is None:
+        check_noise_level(measurement, physics, solver)
     target = output_path(path, out_dir, file_type) if target is None else Path(target)
     if target.resolve() == path.resolve():
         raise ConfigError(f"the output {target} would replace the input; choose another --out")
