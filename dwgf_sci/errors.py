@@ -39,3 +39,8 @@ class OutputExistsError(DwgfError, FileExistsError):
 
 class ConfigError(DwgfError, ValueError):
     """An operator spec, preset or option is unknown or has an invalid value."""
+
+
+class StorageError(DwgfError, OSError):
+    """An output cannot be stored: its folder is not writable, a name is too long for the file
+    system, or the disk is full."""

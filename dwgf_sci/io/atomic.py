@@ -20,8 +20,9 @@ import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
-from ..errors import ConfigError, FileFormatError, OutputExistsError
+from ..errors import ConfigError, DwgfError, FileFormatError, OutputExistsError, StorageError
 from ._common import PathLike
+from .storage import FULL_MESSAGE_START, storage_message
 
 __all__ = ["atomic_output", "check_output_path"]
 
@@ -125,7 +126,9 @@ def _commit(tmp: Path, target: Path, overwrite: bool) -> None:
 
 
 @contextlib.contextmanager
-def atomic_output(path: PathLike, overwrite: bool = False) -> Iterator[Path]:
+def atomic_output(
+    path: PathLike, overwrite: bool = False, *, needed: int | None = None
+) -> Iterator[Path]:
     """Context manager yielding a temporary path to write; it becomes ``path`` on success.
 
     On entry the output is checked (:func:`check_output_path`) and an empty temporary file is
@@ -134,19 +137,47 @@ def atomic_output(path: PathLike, overwrite: bool = False) -> Iterator[Path]:
     a file that appeared in the meantime is never clobbered). When the block raises, the temporary
     file is removed and the exception propagates; ``path`` is left as it was.
 
+    Foreseeable storage failures become a :class:`~dwgf_sci.errors.StorageError` with a one-line
+    message (:func:`~dwgf_sci.io.storage.storage_message`): a folder that cannot be written or a
+    name too long (creating or moving the file), a full disk (anywhere, saying ``needed``).
+
     :param path: final output file.
     :param overwrite: allow replacing an existing file.
+    :param needed: about how many bytes the file takes, if known (said when the disk is full).
     :raises OutputExistsError: if the file exists and ``overwrite`` is False.
     :raises FileFormatError: if the path is a folder or its folder does not exist.
+    :raises StorageError: the folder is not writable, the name too long, the disk full.
     """
     target = check_output_path(path, overwrite)
-    tmp = _make_temp(target)
     try:
-        yield tmp
-        _fsync_path(tmp)
-        _commit(tmp, target, overwrite)
+        tmp = _make_temp(target)
+    except OSError as exc:
+        _raise_storage(exc, target, needed, any_kind=True)
+        raise
+    try:
+        try:
+            yield tmp
+            _fsync_path(tmp)
+        except OSError as exc:
+            _raise_storage(exc, target, needed, any_kind=False)
+            raise
+        try:
+            _commit(tmp, target, overwrite)
+        except OSError as exc:
+            _raise_storage(exc, target, needed, any_kind=True)
+            raise
     except BaseException:
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise
     _fsync_dir(target.parent)
+
+
+def _raise_storage(exc: OSError, target: Path, needed: int | None, any_kind: bool) -> None:
+    """Raise a :class:`StorageError` for a foreseeable storage failure (a full disk only, unless
+    ``any_kind``); return for any other error."""
+    if isinstance(exc, DwgfError):
+        return
+    message = storage_message(exc, target, needed)
+    if message is not None and (any_kind or message.startswith(FULL_MESSAGE_START)):
+        raise StorageError(message) from exc

@@ -435,6 +435,7 @@ def write_fits(
     except VerifyError as err:
         raise FileFormatError(f"cannot write the header to {target}: {err}") from None
 
-    with atomic_output(target, overwrite) as tmp:
+    needed = sum(len(str(h.header)) + getattr(h.data, "nbytes", 0) for h in hdul)
+    with atomic_output(target, overwrite, needed=needed) as tmp:
         hdul.writeto(tmp, overwrite=True, output_verify="exception", checksum=checksum)
     return target

@@ -376,7 +376,11 @@ def write_hdf5(
         encoded[PROVENANCE_ATTR] = dumps(record)
     check_compression(compression)
 
-    with atomic_output(target, overwrite) as tmp, h5py.File(tmp, "w", libver=LIBVER) as f:
+    needed = sum(a.nbytes for a in arrays.values()) + sum(len(str(v)) for v in encoded.values())
+    with (
+        atomic_output(target, overwrite, needed=needed) as tmp,
+        h5py.File(tmp, "w", libver=LIBVER) as f,
+    ):
         for name, arr in arrays.items():
             f.create_dataset(name, data=arr, compression=compression if arr.ndim else None)
         for key, value in encoded.items():

@@ -334,8 +334,9 @@ class LatentSolver(Reconstructor):
         with torch.no_grad():
             ax = problem.physics.A(mean.to(problem.y.device))
             chi2 = problem.data_term.reduced_chi2(ax, problem.y)
-            informative = int(problem.data_term.informative(ax).min())
-        return {"reduced_chi2": chi2.detach(), "limit": chi2_limit(informative)}
+            counts = problem.data_term.informative(ax).tolist()
+        limits = torch.tensor([chi2_limit(int(k)) for k in counts], dtype=torch.float64)
+        return {"reduced_chi2": chi2.detach(), "limit": limits}
 
     # ------------------------------------------------------------------ checks
     def image_shape(self, y: Tensor, physics: Physics, img_size: Any) -> tuple[int, int, int]:
@@ -395,7 +396,6 @@ class LatentSolver(Reconstructor):
                 f"{type(self).__name__} does not take a per-pixel noise map yet; use DWGF, "
                 "LatentDPS, PSLD or REDDiff, or give one noise_sigma"
             )
-        y = self.unmasked(y, data_term)
         device = self.prior.device
         dtype = (
             torch.float32
@@ -423,6 +423,8 @@ class LatentSolver(Reconstructor):
             raise InvalidDataError(
                 "the measurement y is complex but the physics gives real measurements"
             )
+        data_term.bind(y, self.particles)
+        y = self.unmasked(y, data_term)
         flat = y.reshape(y.shape[0], -1)
         if bool((flat == flat[:, :1]).all()):
             warnings.warn(

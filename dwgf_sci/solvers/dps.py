@@ -203,9 +203,9 @@ class GuidedDDIM(LatentSolver):
                 if xi is not None:
                     upd = upd + c1 * xi[sl]
                 new[sl] = upd
-                y = problem.y_rep[sl]
-                data_sum += float(problem.data_term(ax, y).sum())
-                chi2_sum += float(problem.data_term.reduced_chi2(ax, y).sum())
+                y, term = problem.y_rep[sl], problem.data_term.rows(sl)
+                data_sum += float(term(ax, y).sum())
+                chi2_sum += float(term.reduced_chi2(ax, y).sum())
                 grad_norm_sum += float(grad.flatten(1).norm(dim=1).sum())
         state.z = new
         n = problem.n
@@ -283,12 +283,12 @@ class LatentDPS(GuidedDDIM):
         self, ax: Tensor, rows: slice, a: float, s: float, problem: Problem, state: GuidedState
     ) -> Tensor:
         """The DPS loss of each particle at :math:`\\hat z_0(z_t)`."""
-        y = problem.y_rep[rows]
+        y, term = problem.y_rep[rows], problem.data_term.rows(rows)
         if self.loss == "nll":
-            return problem.data_term(ax, y)
+            return term(ax, y)
         resid = y - ax
-        if problem.data_term.variance_map is not None:  # masked pixels drop out
-            resid = resid * problem.data_term.relative_weights(ax).sqrt()
+        if term.variance_map is not None:  # masked pixels drop out
+            resid = resid * term.relative_weights(ax).sqrt()
         resid = resid.flatten(1)
         if self.loss == "norm":
             return torch.linalg.vector_norm(resid, dim=1)

@@ -17,6 +17,7 @@ r"""Data terms: the negative log-likelihood :math:`-\log p(y \mid x)` that solve
 
 from __future__ import annotations
 
+import copy
 import math
 
 import torch
@@ -49,6 +50,8 @@ class DataTerm:
         self.background = 0.0
         #: Per-pixel noise variance ``(1 or B, ...)`` (``inf``: masked), or None for one sigma.
         self.variance_map: Tensor | None = None
+        #: Particles per measurement of the rows a solver evaluates (set by :meth:`bind`).
+        self.particles = 1
         self._fidelity = None
 
     def resolve(self, physics: Physics) -> DataTerm:
@@ -111,40 +114,75 @@ class DataTerm:
         )
 
     def reduced_chi2(self, ax: Tensor, y: Tensor) -> Tensor:
-        r"""Reduced chi-square per sample, :math:`\frac{1}{m}\sum_i (y_i - (Ax)_i)^2 / v_i`.
+        r"""Reduced chi-square per sample, :math:`\frac{1}{m}\sum_i |y_i - (Ax)_i|^2 / v_i`.
 
-        The variance is :math:`\sigma^2` (Gaussian), the model counts (Poisson) or 1 (``mse``).
+        The variance is :math:`\sigma^2` (Gaussian), the map's (then :math:`m` counts the
+        unmasked measurements), the model counts (Poisson) or 1 (``mse``; with a map, the
+        :meth:`relative_weights` take its place).
         """
-        r2 = (ax - y).pow(2)
+        r2 = (ax - y).abs().pow(2)
         if self.kind == "mse" and self.variance_map is not None:
             return self._relative(ax, r2)
         if self.kind == "gaussian" and self.variance_map is not None:
             r2 = r2 / self.variance_like(ax)
-            return r2.flatten(1).sum(1) / self.informative(ax)
+            return r2.flatten(1).sum(1) / self.informative(ax).clamp_min(1)
         if self.kind == "gaussian":
             r2 = r2 / self.sigma**2
         elif self.kind == "poisson":
             r2 = r2 / (self.gain * (ax.clamp_min(0) + self.background)).clamp_min(1e-12)
         return r2.flatten(1).mean(1)
 
+    def bind(self, y: Tensor, particles: int) -> None:
+        """Check the noise map against the measurements ``y`` (one map, or one per
+        measurement, each with at least one unmasked pixel) and record the particles per
+        measurement of the rows the solver evaluates."""
+        self.particles = int(particles)
+        if self.variance_map is None:
+            return
+        if torch.is_complex(y):
+            raise ConfigError("a per-pixel noise map needs real measurements")
+        var, per_row = self.variance_map, y[0].numel()
+        maps = 1 if var.numel() == per_row else var.shape[0]
+        if maps * per_row != var.numel() or maps not in (1, y.shape[0]):
+            raise ConfigError(
+                f"the noise map has shape {tuple(var.shape)}, which fits neither one measurement "
+                f"of shape {tuple(y.shape[1:])} nor {y.shape[0]} of them"
+            )
+        self.variance_map = var.reshape(maps, *y.shape[1:])
+        empty = (self.informative(y) == 0).nonzero().flatten().tolist()
+        if empty:
+            raise InvalidDataError(
+                f"every pixel of measurement(s) {empty} is masked: there is nothing to fit"
+            )
+
+    def rows(self, sl: slice) -> DataTerm:
+        """The data term of the particle rows ``sl`` (a slice of the ``batch * particles``
+        rows): with a map per measurement, each row keeps its own measurement's map."""
+        if self.variance_map is None or self.variance_map.shape[0] == 1:
+            return self
+        part = copy.copy(self)
+        part.variance_map = self.variance_map.repeat_interleave(self.particles, 0)[sl]
+        part.particles = 1
+        return part
+
     def variance_like(self, ax: Tensor) -> Tensor:
-        """The per-pixel variance map for the rows of ``ax`` (a map per measurement is repeated
-        over that measurement's particles; ``inf`` at masked pixels)."""
+        """The per-pixel variance map for the rows of ``ax``, ``inf`` at masked pixels: one
+        shared map, one per measurement (``ax`` has a row per measurement, or per particle
+        in measurement order); a slice of particle rows goes through :meth:`rows`."""
         assert self.variance_map is not None
         if torch.is_complex(ax):
             raise ConfigError("a per-pixel noise map needs real measurements")
         var = self.variance_map.to(device=ax.device, dtype=ax.dtype)
-        per_row = ax[0].numel()
-        maps = 1 if var.numel() == per_row else var.shape[0]
-        if maps * per_row != var.numel() or ax.shape[0] % maps:
-            raise ConfigError(
-                f"the noise map has shape {tuple(var.shape)}, which does not fit measurements "
-                f"of shape {tuple(ax.shape[1:])}"
-            )
+        maps = 1 if var.numel() == ax[0].numel() else var.shape[0]
         var = var.reshape(maps, *ax.shape[1:])
-        if maps != ax.shape[0]:
-            var = var.repeat_interleave(ax.shape[0] // maps, 0)
-        return var
+        if maps == 1 or ax.shape[0] == maps:
+            return var.expand(ax.shape[0], *ax.shape[1:])
+        if ax.shape[0] == maps * self.particles:
+            return var.repeat_interleave(self.particles, 0)
+        raise ConfigError(
+            f"{ax.shape[0]} rows for {maps} noise maps of {self.particles} particle(s) each: "
+            "evaluate a slice of particle rows through DataTerm.rows"
+        )
 
     def relative_weights(self, ax: Tensor) -> Tensor:
         """Inverse variances of the rows of ``ax`` over their mean on informative pixels: 1
@@ -152,12 +190,13 @@ class DataTerm:
         DPS's residual norm) use them to drop masked pixels and weigh the others without
         changing their scale."""
         w = 1.0 / self.variance_like(ax)
-        mean_w = w.flatten(1).sum(1) / self.informative(ax)
+        mean_w = w.flatten(1).sum(1) / self.informative(ax).clamp_min(1)
         return w / mean_w.reshape(-1, *[1] * (w.ndim - 1))
 
     def _relative(self, ax: Tensor, r2: Tensor) -> Tensor:
         """Per row, the mean over informative pixels of ``r2`` with :meth:`relative_weights`."""
-        return (r2 * self.relative_weights(ax)).flatten(1).sum(1) / self.informative(ax)
+        weighted = (r2 * self.relative_weights(ax)).flatten(1).sum(1)
+        return weighted / self.informative(ax).clamp_min(1)
 
     def informative(self, ax: Tensor) -> Tensor:
         """Number of measurements per row that carry information (not masked)."""
@@ -173,6 +212,8 @@ class DataTerm:
             if self.variance_map is not None:
                 return self.variance_like(ax)
             return torch.full_like(ax, float(self.sigma) ** 2)
+        if self.kind == "mse":
+            raise ConfigError("the unweighted 'mse' data term has no noise variance")
         return (self.gain * (ax.clamp_min(0) + self.background)).clamp_min(self.gain)
 
 

@@ -55,9 +55,9 @@ class Posterior(Tensor):
         samples' average.
 
     ``fit`` holds the data fit of the mean as the solver measured it once per run:
-    ``reduced_chi2`` (one value per measurement) and its ``limit``
-    (:func:`~dwgf_sci.solvers.likelihood.chi2_limit`); empty when the solver has no noise model
-    (``data_term="mse"``) or the posterior was built by hand.
+    ``reduced_chi2`` and its ``limit`` (:func:`~dwgf_sci.solvers.likelihood.chi2_limit` of the
+    measurement's unmasked values), one value per measurement; empty when the solver has no
+    noise model (``data_term="mse"``) or the posterior was built by hand.
     """
 
     @staticmethod

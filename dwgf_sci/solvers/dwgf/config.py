@@ -17,6 +17,7 @@ from __future__ import annotations
 import difflib
 import functools
 import math
+import numbers
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from types import MappingProxyType
@@ -53,18 +54,27 @@ def _choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
 
 
 def _coerce(section: Any) -> None:
-    """Cast each numeric field to the type of its default (``lr=1`` is stored as 1.0; an int
-    option given as a float with an integer value becomes that int)."""
+    """Cast each option to the type of its default: numbers (numpy's included) to ``float`` or
+    ``int`` (an int option given a non-integer value is refused), flags to ``bool``, pairs to a
+    tuple of floats."""
     for f in fields(section):
         value, default = getattr(section, f.name), f.default
-        if isinstance(value, bool) or isinstance(default, bool):
-            continue
-        if isinstance(default, float) and isinstance(value, int):
-            object.__setattr__(section, f.name, float(value))
-        elif isinstance(default, int) and isinstance(value, float) and value.is_integer():
+        if isinstance(default, bool):
+            if isinstance(value, numbers.Number):
+                object.__setattr__(section, f.name, bool(value))
+        elif isinstance(default, int) and isinstance(value, numbers.Real):
+            if float(value) != int(value):
+                raise ConfigError(f"{f.name} must be an integer, found {value}")
             object.__setattr__(section, f.name, int(value))
-        elif isinstance(default, tuple) and isinstance(value, (tuple, list)):
-            object.__setattr__(section, f.name, tuple(float(v) for v in value))
+        elif isinstance(default, float) and isinstance(value, numbers.Real):
+            object.__setattr__(section, f.name, float(value))
+        elif isinstance(default, tuple):
+            try:
+                if isinstance(value, str):
+                    raise TypeError
+                object.__setattr__(section, f.name, tuple(float(v) for v in value))
+            except (TypeError, ValueError):
+                raise ConfigError(f"{f.name} must be numbers, found {value!r}") from None
 
 
 def _at_least(name: str, value: float, low: float, strict: bool = False) -> None:

@@ -113,7 +113,8 @@ class FlowKernel:
             x = prior.decode(zc)
             x_noisy = x if xi is None else x + xi[sl]
             ax = problem.physics.A(prior.from_model(x_noisy))
-            data = problem.data_term(ax, problem.y_rep[sl])
+            term = problem.data_term.rows(sl)
+            data = term(ax, problem.y_rep[sl])
             loss = data + reduce(zc * drift[sl])
             if flow.encoder_weight > 0:
                 with torch.no_grad():
@@ -124,7 +125,7 @@ class FlowKernel:
             prior.calls["decoder_backward"] += zc.shape[0]
             with torch.no_grad():
                 data_sum += float(data.sum())
-                chi2_sum += float(problem.data_term.reduced_chi2(ax, problem.y_rep[sl]).sum())
+                chi2_sum += float(term.reduced_chi2(ax, problem.y_rep[sl]).sum())
         self.update(state, problem)
         return {
             "data": data_sum / problem.n,

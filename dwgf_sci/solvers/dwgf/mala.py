@@ -52,7 +52,7 @@ class MALAStep(LikelihoodStep):
             zc = u[sl].detach().reshape(-1, *problem.latent_shape).requires_grad_(True)
             with torch.enable_grad():
                 ax = problem.physics.A(solver.render(zc))
-                phi = problem.data_term(ax, problem.y_rep[sl])
+                phi = problem.data_term.rows(sl)(ax, problem.y_rep[sl])
                 (grad,) = torch.autograd.grad(phi.sum(), zc)
             solver.prior.calls["decoder_backward"] += zc.shape[0]
             phis.append(phi.detach().to(u.dtype))

@@ -79,6 +79,8 @@ class DWGF(LatentSolver):
             raise ConfigError(f"unknown DWGF preset {preset!r}; choose one of {sorted(PRESETS)}")
         chosen = PRESETS[preset]
         table = keywords()
+        # an option given as None keeps the preset's value (as the keywords always did)
+        options = {k: v for k, v in options.items() if v is not None or k not in table}
         base = {k: v for k, v in options.items() if k in _BASE_OPTIONS}
         unknown = [k for k in options if k not in _BASE_OPTIONS and k not in table]
         if unknown:
