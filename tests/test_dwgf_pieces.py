@@ -132,13 +132,16 @@ def test_final_step_and_retry_are_steps_of_the_loop(tiny_latent_prior, tiny_blur
     seen = []
     post = DWGF(
         prior, "fast", particles=2, steps=6, seed=0, noise_sigma=s, image_retry=3.0,
-        decoder_error=0.01, callback=lambda i, t, info, state: seen.append((i, dict(info))),
+        decoder_error=0.01, callback=lambda i, t, info, state: seen.append((i, dict(info), state)),
     )(ys, physics)  # fmt: skip
-    stages = [info.get("stage", "level") for _, info in seen]
-    assert [i for i, _ in seen] == list(range(len(seen)))
+    stages = [info.get("stage", "level") for _, info, _ in seen]
+    assert [i for i, _, _ in seen] == list(range(len(seen)))
     assert stages[:6] == ["level"] * 6 and stages[6] == "refine"
     assert stages[-2:] == ["refine", "retry"] and "retry" in seen[-1][1]
-    assert post.history == [info for _, info in seen]
+    assert post.history == [info for _, info, _ in seen]
+    # the callback sees the state each step moved: the retry's rerun has its own particles
+    first, rerun = seen[0][2], seen[-1][2]
+    assert rerun is not first and all(st is first for _, _, st in seen[:7])
     # timing per level counts the levels only; the mean's data fit is computed once per run
     assert post.timing["per_step_s"] * 6 <= post.timing["total_s"]
     assert post.fit["reduced_chi2"].shape == (2,)

@@ -57,9 +57,10 @@ PRIOR_INTERFACE = (
 )
 
 StepCallback = Callable[[int, int, dict[str, float], Any], None]
-#: What :meth:`LatentSolver.iterate` yields after each step, ``(t, info)``, and returns: the
-#: final latents, the samples and their conditional means (or None).
-Steps = Generator[tuple[int, dict[str, float]], None, tuple[Tensor, Tensor, "Tensor | None"]]
+#: What :meth:`LatentSolver.iterate` yields after each step, ``(t, info, state)`` (the state
+#: the step worked on, which the callback receives), and returns: the final latents, the
+#: samples and their conditional means (or None).
+Steps = Generator[tuple[int, dict[str, float], Any], None, tuple[Tensor, Tensor, "Tensor | None"]]
 
 
 @dataclass
@@ -194,11 +195,12 @@ class LatentSolver(Reconstructor):
         return z, self.render_no_grad(z), None
 
     def iterate(self, state: Any, problem: Problem) -> Steps:
-        """The run's steps: :meth:`step` at each timestep of the grid, yielding ``(t, info)``
+        """The run's steps: :meth:`step` at each timestep of the grid, yielding ``(t, info,
+        state)``
         after each, then :meth:`finish`, whose result it returns. A solver with stages after
         the grid overrides this (see the module documentation)."""
         for i, t in enumerate(problem.grid.tolist()):
-            yield int(t), self.step(state, i, int(t), problem)
+            yield int(t), self.step(state, i, int(t), problem), state
         return self.finish(state, problem)
 
     # ------------------------------------------------------------------ shared helpers
@@ -288,7 +290,7 @@ class LatentSolver(Reconstructor):
             i, tick = 0, time.perf_counter()
             while True:
                 try:
-                    t, info = next(steps)
+                    t, info, live = next(steps)
                 except StopIteration as done:
                     z, x, conditional_means = done.value
                     break
@@ -298,7 +300,7 @@ class LatentSolver(Reconstructor):
                 info = {"step": i, "t": int(t), **info}
                 history.append(info)
                 if callback is not None:
-                    callback(i, int(t), info, state)
+                    callback(i, int(t), info, live)
                 if i >= bar.total:
                     bar.total = i + 1
                 bar.update()

@@ -65,14 +65,17 @@ class ExactStep(LikelihoodStep):
         y = problem.y.real if torch.is_complex(problem.y) else problem.y
         resid = y.flatten(1).to(f64) - offset
         term = problem.data_term
-        if term.variance_map is not None:  # W = diag(1/v) per measurement, 0 where masked
+        if term.variance_map is not None:  # W = diag(1/v), 0 where masked
             w = 1.0 / term.variance_like(y).flatten(1).to(f64)  # (B, m)
-            lam, q = torch.linalg.eigh(torch.einsum("mi,bm,mj->bij", jac, w, jac))
+            if term.variance_map.shape[0] == 1:  # one map for all: one factorisation
+                lam, q = torch.linalg.eigh(jac.T @ (w[0, :, None] * jac))
+            else:  # one per measurement
+                lam, q = torch.linalg.eigh(torch.einsum("mi,bm,mj->bij", jac, w, jac))
             jty = (resid * w) @ jac
-            return {"J": jac, "offset": offset, "lam": lam.clamp_min(0), "Q": q, "jty": jty}
-        sigma = float(term.sigma)
-        lam, q = torch.linalg.eigh(jac.T @ jac / sigma**2)
-        jty = resid @ jac / sigma**2
+        else:
+            sigma = float(term.sigma)
+            lam, q = torch.linalg.eigh(jac.T @ jac / sigma**2)
+            jty = resid @ jac / sigma**2
         return {"J": jac, "offset": offset, "lam": lam.clamp_min(0), "Q": q, "jty": jty}
 
     def exact_draw(self, state: ParticleState, v: Tensor, prec0: float, problem: Problem) -> Tensor:

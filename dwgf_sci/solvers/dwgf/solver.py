@@ -206,7 +206,7 @@ class DWGF(LatentSolver):
                 and self.retry.arms(state, t, problem)
             ):
                 snapshot = (i, state.clone())
-            yield t, self.step(state, i, t, problem)
+            yield t, self.step(state, i, t, problem), state
         result = yield from self._finish_stage(state, problem, grid[-1])
         if snapshot is None:
             return result
@@ -216,7 +216,7 @@ class DWGF(LatentSolver):
         start, again = snapshot
         again.latent_only = True
         for i, t in enumerate(grid[start:], start):
-            yield t, {"stage": "retry", **self.step(again, i, t, problem)}
+            yield t, {"stage": "retry", **self.step(again, i, t, problem)}, again
         redone = yield from self._finish_stage(again, problem, grid[-1])
         result = self.retry.merge(result, redone, bad, problem.particles)
         yield (
@@ -226,6 +226,7 @@ class DWGF(LatentSolver):
                 "retry": float(bad.sum()),
                 "chi2_before": float(chi2[bad].max()),
             },
+            again,
         )
         return result
 
@@ -234,5 +235,5 @@ class DWGF(LatentSolver):
         ran."""
         result = self.finish(state, problem)
         if result[2] is not None:
-            yield t, {"stage": "refine"}
+            yield t, {"stage": "refine"}, state
         return result
