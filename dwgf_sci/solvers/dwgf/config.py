@@ -89,7 +89,8 @@ class FlowConfig:
 
     Particles :math:`z` move by a first-order optimiser on the sum of the prior drift
     :math:`w_t \big[\tfrac{s}{a}(\hat\epsilon - \epsilon) - (z - \bar z)\big]`, the data term
-    and the optional encoder term (``docs/method.md``). Unused by the other schemes.
+    and the optional encoder term (``docs/method.md``). Unused by the other schemes, but for
+    ``refine_steps``, which extends the grid of any scheme.
 
     :param optimizer: ``"adam"``, ``"sgd"`` or ``"psgld"`` (RMSprop-preconditioned SGD, the
         preconditioned-Langevin integrator when ``temperature > 0``).

@@ -33,7 +33,7 @@ from torch import Tensor
 if TYPE_CHECKING:
     from ..base import LatentSolver, Problem
 
-__all__ = ["Jacobian", "gauss_newton_rto", "noise_variance", "real_flat"]
+__all__ = ["Jacobian", "gauss_newton_rto", "real_flat"]
 
 #: Explicit products of :math:`J` at :math:`u_0`: ``(jd, jt, diagonal)`` with
 #: ``jd(d) = J d``, ``jt(w) = J^T w`` and ``diagonal(noise_var, var)`` a CG preconditioner.
@@ -45,14 +45,6 @@ def real_flat(t: Tensor) -> Tensor:
     if torch.is_complex(t):
         t = torch.view_as_real(t)
     return t.reshape(t.shape[0], -1)
-
-
-def noise_variance(ax: Tensor, problem: Problem) -> Tensor:
-    r"""Measurement noise variance at the current particle (:meth:`DataTerm.variance
-    <dwgf_sci.solvers.likelihood.DataTerm.variance>`): :math:`\sigma^2`, the per-pixel map
-    (``inf`` at masked pixels, which then carry no weight), or the Gaussian approximation of the
-    Poisson likelihood."""
-    return problem.data_term.variance(ax)
 
 
 def gauss_newton_rto(
@@ -108,7 +100,8 @@ def gauss_newton_rto(
     else:
         ax_c = measure(x_c)
     y = real_flat(problem.y_rep)
-    noise_var = noise_variance(ax_c, problem)
+    # sigma^2, the per-pixel map (inf where masked) or the Poisson approximation at u0
+    noise_var = problem.data_term.variance(ax_c)
     y_pert = y
     if perturb:  # masked pixels (infinite variance) keep their (finite, ignored) value
         draw = noise_var.sqrt() * solver.randn(tuple(y.shape), problem)
