@@ -1,8 +1,10 @@
 """The ``dwgf-sci`` command line: ``demo``, ``simulate``, ``reconstruct``, ``train-prior`` and
 ``benchmark``.
 
-User mistakes (bad files, bad specs, mismatched shapes) print one ``dwgf-sci: error: ...`` line
-and exit with status 2; no traceback. ``--debug`` shows tracebacks.
+User mistakes (bad files, bad specs, mismatched shapes) and foreseeable failures (an output
+folder that cannot be written, a file name too long, a full disk, memory exhausted by too many
+particles) print one ``dwgf-sci: error: ...`` line and exit with status 2; no traceback.
+``--debug`` shows tracebacks.
 """
 
 from __future__ import annotations
@@ -355,6 +357,7 @@ def _run_reconstruct(args: argparse.Namespace) -> int:
 
 
 def _reconstruct(args: argparse.Namespace) -> int:
+    from .io.storage import check_output_folder
     from .pipelines.batch import BatchRunner, plan_batch
     from .pipelines.distributed import batch_comm
     from .pipelines.manifest import read_input_list
@@ -371,6 +374,7 @@ def _reconstruct(args: argparse.Namespace) -> int:
     items = plan_batch(
         args.inputs, args.out, base_seed=args.seed, file_type=args.file_type, entries=entries
     )
+    check_output_folder(args.out, [item.name for item in items])  # before any work
     spec = _spec(args)
     read = _read_options(args)
     options = {
@@ -441,6 +445,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("dwgf-sci: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:
+        message = None if args.debug else _foreseeable(exc)
+        if message is None:
+            raise
+        print(f"dwgf-sci: error: {message}", file=sys.stderr)
+        return EXIT_USER_ERROR
+
+
+def _foreseeable(exc: Exception) -> str | None:
+    """One line for a failure that is no bug (memory exhausted, an output folder that cannot be
+    written, a name too long, a full disk), else None."""
+    from .pipelines.batch import one_line
+    from .pipelines.failures import failure_message
+
+    message = failure_message(exc)
+    return None if message is None else one_line(message)
 
 
 if __name__ == "__main__":

@@ -100,3 +100,143 @@ def test_zero_noise_sigma_names_the_noise_options(
         str(tmp_path / "c"),
     )
     assert code == 0, err
+
+
+@pytest.fixture
+def observation(tmp_path: Path) -> Path:
+    """A folder with one simulated 32 px PSF measurement."""
+    obs = tmp_path / "obs"
+    assert main(["simulate", "--n", "1", "--size", "32", "--out", str(obs)]) == 0
+    return obs
+
+
+def _quick(prior_dir: Path) -> list[str]:
+    return ["--prior", str(prior_dir), "--steps", "1", "--particles", "2", "--quiet"]
+
+
+def test_read_only_output_folder_is_one_line_before_any_work(
+    tmp_path: Path,
+    prior_dir: Path,
+    observation: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import errno
+    import os
+
+    read_only = tmp_path / "read-only"
+    read_only.mkdir()
+    read_only.chmod(0o555)
+    real_open, real_mkdir = os.open, os.mkdir
+
+    def denied(path) -> bool:  # root ignores the mode: refuse like EACCES would
+        parent = Path(path).parent
+        return parent == read_only or read_only in parent.parents
+
+    def refusing_open(path, flags, *args, **kwargs):
+        if flags & os.O_CREAT and denied(path):
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return real_open(path, flags, *args, **kwargs)
+
+    def refusing_mkdir(path, *args, **kwargs):
+        if denied(path):
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return real_mkdir(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", refusing_open)
+    monkeypatch.setattr(os, "mkdir", refusing_mkdir)
+    loaded = []
+    monkeypatch.setattr("dwgf_sci.priors.load_prior", lambda *a, **k: loaded.append(a))
+    try:
+        for out in (read_only, read_only / "sub"):
+            code, err = _run(
+                capsys, "reconstruct", str(observation), *_quick(prior_dir), "--out", str(out)
+            )
+            assert code == 2
+            assert err.startswith("dwgf-sci: error: cannot write to ") and err.count("\n") == 1
+            assert "permission denied" in err and "--out" in err and "Traceback" not in err
+    finally:
+        read_only.chmod(0o755)
+    assert not loaded  # refused before the prior was loaded
+    assert list(read_only.iterdir()) == []
+
+
+def test_output_name_too_long_is_refused_before_any_work(
+    tmp_path: Path, prior_dir: Path, observation: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    inputs = tmp_path / "long"
+    inputs.mkdir()
+    (inputs / ("a" * 240 + ".fits")).write_bytes((observation / "obs_00000.fits").read_bytes())
+    out = tmp_path / "out"
+    code, err = _run(capsys, "reconstruct", str(inputs), *_quick(prior_dir), "--out", str(out))
+    assert code == 2 and err.count("\n") == 1
+    assert "is too long for the file system" in err and "please report" not in err
+    assert not (out / "dwgf-manifest.json").exists()
+    # an output folder whose own name is too long
+    code, err = _run(
+        capsys,
+        "reconstruct",
+        str(observation),
+        *_quick(prior_dir),
+        "--out",
+        str(tmp_path / ("b" * 300)),
+    )
+    assert code == 2 and "file name too long" in err and "Traceback" not in err
+
+
+def test_disk_full_says_how_much_space_the_output_needs(
+    tmp_path: Path,
+    prior_dir: Path,
+    observation: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import errno
+
+    from astropy.io import fits
+
+    def full(self, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(fits.HDUList, "writeto", full)
+    out = tmp_path / "out"
+    code, err = _run(capsys, "reconstruct", str(observation), *_quick(prior_dir), "--out", str(out))
+    assert code == 2
+    line = next(text for text in err.splitlines() if "obs_00000.fits:" in text)
+    assert "no space left on the device" in line and "it needs about" in line and "kB" in line
+    assert "free there" in line and "please report" not in line
+    assert not list(out.glob("*.fits")) and not list(out.glob(".tmp-*"))
+
+
+@pytest.mark.parametrize("where", ["solver", "setup"])
+def test_memory_exhausted_by_particles_names_particles_and_max_batch(
+    where: str,
+    tmp_path: Path,
+    prior_dir: Path,
+    observation: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # what torch's CPU allocator says for --particles 100000000 on 32 px images (a real run
+    # risks the kernel's out-of-memory killer where memory is overcommitted)
+    cpu = RuntimeError(
+        "[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate "
+        "memory: you tried to allocate 409600000000 bytes. Error code 12 (Cannot allocate memory)"
+    )
+
+    def exhausted(*args, **kwargs):
+        raise cpu if where == "solver" else MemoryError()
+
+    target = (
+        "dwgf_sci.pipelines.batch.reconstruct_file"
+        if where == "solver"
+        else "dwgf_sci.priors.load_prior"
+    )
+    monkeypatch.setattr(target, exhausted)
+    argv = ["reconstruct", str(observation), *_quick(prior_dir), "--particles", "100000000"]
+    code, err = _run(capsys, *argv, "--out", str(tmp_path / "out"))
+    assert code == 2
+    line = next(text for text in err.splitlines() if "out of memory" in text)
+    assert "--particles" in line and "--max-batch" in line and "please report" not in line
+    if where == "solver":
+        assert "100000000 particle(s)" in line and "409.6 GB" in line

@@ -45,6 +45,7 @@ from ..io.formats import file_format
 from ..io.survey import ReadOptions
 from ..solvers.base import LatentSolver
 from .distributed import Comm
+from .failures import failure_message, is_out_of_memory
 from .manifest import (
     MANIFEST_NAME,
     consolidate,
@@ -88,36 +89,6 @@ def sha256_file(path: Path) -> str:
     except OSError as exc:
         raise FileFormatError(f"cannot read {path}: {exc}") from None
     return digest.hexdigest()
-
-
-def is_out_of_memory(exc: BaseException) -> bool:
-    """True for torch's out-of-memory errors (any device) and Python's MemoryError.
-
-    Besides ``torch.OutOfMemoryError`` (or ``torch.cuda.OutOfMemoryError`` on older torch) and
-    :class:`MemoryError`, any :class:`RuntimeError` whose message contains "out of memory"
-    (case-insensitive) counts, which covers allocation failures of other backends.
-
-    :param exc: the exception caught.
-    :return: whether it reports an exhausted memory.
-    """
-    oom = getattr(torch, "OutOfMemoryError", None) or getattr(torch.cuda, "OutOfMemoryError", None)
-    if oom is not None and isinstance(exc, oom):
-        return True
-    if isinstance(exc, MemoryError):
-        return True
-    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
-
-
-def out_of_memory_message(solver: LatentSolver) -> str:
-    """What to lower after running out of memory with ``solver``."""
-    device = solver.prior.device
-    per_call = solver.max_batch if solver.max_batch is not None else solver.particles
-    hint = max(1, per_call // 2)
-    return (
-        f"out of memory on {device} with {solver.particles} particle(s), up to {per_call} per "
-        f"network call; lower --max-batch (particles per network call, e.g. --max-batch {hint}) "
-        "or --particles, or use a device with more memory"
-    )
 
 
 def one_line(text: str) -> str:
@@ -437,12 +408,11 @@ class BatchRunner:
         except DwgfError as exc:
             return "failed", self._failed(entry, item, str(exc), start)
         except Exception as exc:
-            if is_out_of_memory(exc):
-                if torch.cuda.is_available():
-                    torch.cuda.empty_cache()
-                return "failed", self._failed(
-                    entry, item, out_of_memory_message(self.solver), start
-                )
+            if is_out_of_memory(exc) and torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            known = failure_message(exc, self.solver)  # out of memory, storage: no bug
+            if known is not None:
+                return "failed", self._failed(entry, item, known, start)
             if self.debug:
                 raise
             reason = (
