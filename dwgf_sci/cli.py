@@ -307,8 +307,10 @@ def _speed_up(prior, *, channels_last: bool, compile_networks: bool) -> None:
 
 
 def _run_demo(args: argparse.Namespace) -> int:
+    from .io.storage import check_output_folder
     from .pipelines.demo import run_demo
 
+    check_output_folder(args.out)  # before any work
     run_demo(
         out=args.out,
         prior=args.prior,
@@ -326,8 +328,10 @@ def _run_demo(args: argparse.Namespace) -> int:
 
 
 def _run_simulate(args: argparse.Namespace) -> int:
+    from .io.storage import check_output_folder
     from .pipelines.simulate import simulate
 
+    check_output_folder(args.out)  # before any work
     arrays = {"psf": args.psf} if args.psf else None
     paths = simulate(
         args.dataset,

@@ -155,6 +155,8 @@ def test_read_only_output_folder_is_one_line_before_any_work(
             assert code == 2
             assert err.startswith("dwgf-sci: error: cannot write to ") and err.count("\n") == 1
             assert "permission denied" in err and "--out" in err and "Traceback" not in err
+        code, err = _run(capsys, "simulate", "--n", "1", "--size", "32", "--out", str(read_only))
+        assert code == 2 and err.startswith("dwgf-sci: error: cannot write to ")
     finally:
         read_only.chmod(0o755)
     assert not loaded  # refused before the prior was loaded

@@ -89,7 +89,8 @@ def storage_message(
     """One line for a foreseeable storage failure, or None for any other exception.
 
     :param exc: the exception caught.
-    :param path: the file or folder being written (default: the exception's ``filename``).
+    :param path: the file or folder being written (default: the exception's ``filename``, which
+        may have been read or written: a denied access is then not called a write).
     :param needed: bytes the write needed, if known (said for a full disk).
     :return: the message: a folder that cannot be written (permissions, read-only file system),
         a name too long for the file system, or a full disk (with the space needed and free).
@@ -104,6 +105,8 @@ def storage_message(
     where = Path(os.fspath(path if path is not None else exc.filename or "."))
     if code in DENIED_ERRNOS:
         reason = "the file system is read-only" if code == errno.EROFS else "permission denied"
+        if path is None and code != errno.EROFS:  # read or written? the exception does not say
+            return f"cannot access {where}: {reason}; check the permissions of the files named"
         return (
             f"cannot write to {where}: {reason}; choose a writable output folder (--out) or make "
             "this one writable"
@@ -183,6 +186,8 @@ def check_output_folder(folder: PathLike, names: Iterable[str] = ()) -> Path:
                     f"written under a temporary name {TEMP_OVERHEAD} bytes longer); rename the "
                     "input, or give a shorter output name in an input list (--manifest)"
                 )
+    if out.exists() and not out.is_dir():
+        raise StorageError(f"the output folder {out} exists and is not a folder")
     try:
         out.mkdir(parents=True, exist_ok=True)
         _probe(out)
