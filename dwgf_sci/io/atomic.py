@@ -159,12 +159,12 @@ def atomic_output(
             yield tmp
             _fsync_path(tmp)
         except OSError as exc:
-            _raise_storage(exc, target, needed, any_kind=False)
+            _raise_storage(exc, target, needed, any_kind=False, tmp=tmp)
             raise
         try:
             _commit(tmp, target, overwrite)
         except OSError as exc:
-            _raise_storage(exc, target, needed, any_kind=True)
+            _raise_storage(exc, target, needed, any_kind=True, tmp=tmp)
             raise
     except BaseException:
         with contextlib.suppress(OSError):
@@ -173,11 +173,17 @@ def atomic_output(
     _fsync_dir(target.parent)
 
 
-def _raise_storage(exc: OSError, target: Path, needed: int | None, any_kind: bool) -> None:
+def _raise_storage(
+    exc: OSError, target: Path, needed: int | None, any_kind: bool, tmp: Path | None = None
+) -> None:
     """Raise a :class:`StorageError` for a foreseeable storage failure (a full disk only, unless
-    ``any_kind``); return for any other error."""
+    ``any_kind``); return for any other error. The temporary file ``tmp`` is removed first, so
+    that the free space said is the space there is."""
     if isinstance(exc, DwgfError):
         return
+    if tmp is not None:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
     message = storage_message(exc, target, needed)
     if message is not None and (any_kind or message.startswith(FULL_MESSAGE_START)):
         raise StorageError(message) from exc

@@ -435,7 +435,10 @@ def write_fits(
     except VerifyError as err:
         raise FileFormatError(f"cannot write the header to {target}: {err}") from None
 
-    needed = sum(len(str(h.header)) + getattr(h.data, "nbytes", 0) for h in hdul)
+    blocks = (
+        -(-(len(str(h.header)) + 1) // 2880) - (-getattr(h.data, "nbytes", 0) // 2880) for h in hdul
+    )
+    needed = 2880 * sum(blocks)  # headers and data fill whole 2880-byte FITS blocks
     with atomic_output(target, overwrite, needed=needed) as tmp:
         hdul.writeto(tmp, overwrite=True, output_verify="exception", checksum=checksum)
     return target

@@ -17,6 +17,7 @@ the HDF5 1.8 object format (readable by any HDF5 >= 1.8), whose dense attribute 
 
 from __future__ import annotations
 
+import io
 import json
 import warnings
 from collections.abc import Mapping
@@ -376,13 +377,15 @@ def write_hdf5(
         encoded[PROVENANCE_ATTR] = dumps(record)
     check_compression(compression)
 
-    needed = sum(a.nbytes for a in arrays.values()) + sum(len(str(v)) for v in encoded.values())
-    with (
-        atomic_output(target, overwrite, needed=needed) as tmp,
-        h5py.File(tmp, "w", libver=LIBVER) as f,
-    ):
+    # built in memory, then written as plain bytes: a full disk is then an ordinary OSError,
+    # not an HDF5 file left half-closed (whose later flush crashes the interpreter)
+    buffer = io.BytesIO()
+    with h5py.File(buffer, "w", libver=LIBVER) as f:
         for name, arr in arrays.items():
             f.create_dataset(name, data=arr, compression=compression if arr.ndim else None)
         for key, value in encoded.items():
             f.attrs[key] = value
+    content = buffer.getbuffer()
+    with atomic_output(target, overwrite, needed=content.nbytes) as tmp, open(tmp, "wb") as fh:
+        fh.write(content)
     return target

@@ -35,6 +35,8 @@ DENIED_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS})
 FULL_ERRNOS = frozenset({errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)})
 #: How the message of a full disk starts.
 FULL_MESSAGE_START = "no space left on the device"
+#: What a full disk says when the error carries no errno (h5py; astropy's own space check).
+_FULL_PHRASES = ("no space left on device", "not enough space on disk")
 #: Characters a temporary name adds to an output's name (``.tmp-<12 hex>-<name>``).
 TEMP_OVERHEAD = len(".tmp-") + 12 + 1
 #: Longest file name assumed where the file system does not say.
@@ -98,7 +100,8 @@ def storage_message(
     if not isinstance(exc, OSError):
         return None
     code = exc.errno
-    if code is None and "no space left on device" in str(exc).lower():  # h5py, for one
+    text = str(exc).lower()
+    if code is None and any(phrase in text for phrase in _FULL_PHRASES):
         code = errno.ENOSPC
     if code is None:
         return None
