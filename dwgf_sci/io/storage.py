@@ -137,7 +137,8 @@ def storage_message(
             "choose a shorter output folder"
         )
     if code in FULL_ERRNOS:
-        free = _free_bytes(where if where.is_dir() else where.parent)
+        named = path is not None or exc.filename is not None
+        free = _free_bytes(where) if named else None
         amounts = []
         if needed is not None:
             amounts.append(f"it needs about {format_bytes(needed)}")
@@ -145,8 +146,8 @@ def storage_message(
             amounts.append(f"{format_bytes(free)} free there")
         detail = f" ({', '.join(amounts)})" if amounts else ""
         return (
-            f"{FULL_MESSAGE_START} to write {where}{detail}; free some space or choose "
-            "another output folder"
+            f"{FULL_MESSAGE_START}{f' to write {where}' if named else ''}{detail}; free some "
+            "space or choose another output folder"
         )
     return None
 
