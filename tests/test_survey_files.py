@@ -115,6 +115,7 @@ def test_sci_err_dq_with_a_compressed_science_hdu(tmp_path, solver) -> None:
     np.testing.assert_allclose(var[~bad], (err[~bad].astype(np.float64) ** 2), rtol=1e-6)
     assert np.isinf(var[bad]).all()
     assert header["BUNIT"] == "MJy/sr" and header["CRVAL1"] == 150.1  # the SCI header kept
+    assert "EXTNAME" not in header  # but not the name of the HDU it came from
     obs = read_provenance(result.output)["observation"]
     assert obs["layout"] == "SCI/ERR/DQ" and obs["science"] == "1 (SCI)"
     assert obs["noise_map"] == "2 (ERR)" and obs["noise_map_kind"] == "sigma"

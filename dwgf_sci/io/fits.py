@@ -87,6 +87,8 @@ STRUCTURAL_KEYWORDS = frozenset(
         "DATASUM",
         "END",
         "DWGFNHDU",
+        "EXTNAME",  # the name and version of the HDU the header came from, not of its data
+        "EXTVER",
     }
 )
 _NAXIS_N = re.compile(r"^NAXIS\d+$")
