@@ -110,6 +110,11 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--psf", default=None, help="PSF FITS file for --set profile=array")
     sim.add_argument("--out", required=True, help="output folder")
     sim.add_argument("--overwrite", action="store_true", help="replace existing files")
+    sim.add_argument(
+        "--noise-map",
+        action="store_true",
+        help="also store the per-pixel noise drawn (FITS ERR, HDF5 variance), as surveys do",
+    )
 
     rec = sub.add_parser(
         "reconstruct",
@@ -345,6 +350,7 @@ def _run_simulate(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         start=args.start,
         arrays=arrays,
+        noise_map=args.noise_map,
     )
     print(f"wrote {len(paths)} file(s) to {args.out}")
     return 0

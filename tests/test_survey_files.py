@@ -15,6 +15,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+import torch
 from astropy.io import fits
 
 from dwgf_sci.cli import main
@@ -22,7 +23,7 @@ from dwgf_sci.errors import ConfigError, FileFormatError, InvalidDataError, Shap
 from dwgf_sci.io import read_fits, read_hdf5, read_provenance
 from dwgf_sci.io.measurement import read_measurement
 from dwgf_sci.io.survey import ReadOptions
-from dwgf_sci.operators import resolve_spec
+from dwgf_sci.operators import build_operator, resolve_spec
 from dwgf_sci.pipelines.reconstruct import reconstruct_file
 from dwgf_sci.pipelines.simulate import simulate
 from dwgf_sci.solvers import DWGF
@@ -393,3 +394,26 @@ def test_a_survey_file_with_the_psf_from_its_own_fits_file(tmp_path, solver) -> 
     result, lines = run(path, solver, tmp_path / "out", spec=spec)
     assert "layout SCI/ERR/DQ" in lines[0]
     assert read_provenance(result.output)["operator"]["profile"] == "array"
+
+
+@pytest.mark.parametrize("file_type", ["fits", "hdf5"])
+def test_simulated_files_with_their_noise_map(tmp_path, solver, file_type) -> None:
+    # sky + source photon noise and read noise: the map is the variance each pixel was drawn with
+    from dwgf_sci.pipelines.simulate import noise_variance_map
+
+    spec = resolve_spec(
+        "psf", ["fwhm=3", "noise.type=poisson-gaussian", "noise.gain=0.05", "noise.sky=2.0",
+                "noise.sigma=0.01"],
+    )  # fmt: skip
+    (path,) = simulate(
+        "galaxies", spec, tmp_path / "obs", size=32, file_type=file_type, noise_map=True,
+        noise_scale="absolute",
+    )  # fmt: skip
+    m = read_measurement(path)
+    assert m.variance is not None and m.observation is not None
+    clean = build_operator(m.operator, (1, 32, 32)).A(m.truth)
+    expected = noise_variance_map(m.operator["noise"], clean)[0]
+    torch.testing.assert_close(m.variance, expected[None], rtol=1e-5, atol=1e-7)
+    result, _ = run(path, solver, tmp_path / "out", spec=m.operator)
+    assert result.metrics["reduced_chi2_limit"] > 1
+    assert read_provenance(result.output)["observation"]["noise_map"] is not None

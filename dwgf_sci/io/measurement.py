@@ -97,6 +97,8 @@ def write_measurement(
         extra = {k.upper(): v for k, v in arrays.items()}
         if measurement.truth is not None:
             extra["TRUTH"] = measurement.truth
+        if measurement.variance is not None:  # the noise map, as a sigma map (ERR)
+            extra["ERR"] = measurement.variance.sqrt()
         return write_fits(
             path,
             measurement.y,
@@ -108,6 +110,8 @@ def write_measurement(
     data = {"y": measurement.y, **arrays}
     if measurement.truth is not None:
         data["truth"] = measurement.truth
+    if measurement.variance is not None:
+        data["variance"] = measurement.variance
     return write_hdf5(
         path,
         data,
@@ -228,6 +232,8 @@ def _read_hdf5_measurement(path: Path, options: ReadOptions) -> Measurement:
         key = options.key or ("x" if "y" not in keys and "x" in keys else "y")
         y_arr = read_array(f, key, p)
         noise_key = options.noise_map if options.noise_map not in (None, "none") else None
+        if options.noise_map is None and "variance" in keys and key == "y":
+            noise_key = "variance"  # a variance dataset beside y (as simulate writes it)
         dq_key = options.dq if options.dq not in (None, "none") else None
         noise_arr = read_array(f, noise_key, p) if noise_key is not None else None
         dq_arr = read_array(f, dq_key, p) if dq_key is not None else None

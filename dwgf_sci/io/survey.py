@@ -222,7 +222,10 @@ _NOT_SCIENCE = frozenset({"IVAR", "MASK", "DQ", "ERR", "WHT", "VARIANCE", "CTX",
 def _auto_layout(hdul: fits.HDUList, p: Path, own: bool, science: int | None) -> Layout:
     """The layout recognised from the ``EXTNAME`` of the image HDUs, around ``science`` when
     the user named it (else around the science HDU the names point at)."""
-    if own and science in (None, 0):
+    if own and science in (None, 0):  # our own file, with the noise map simulate drew from
+        err = _find(hdul, "ERR")
+        if err is not None:
+            return Layout("dwgf-sci measurement/ERR", 0, err, "sigma")
         return Layout("dwgf-sci measurement", 0)
     if science is not None:
         return _companions(hdul, science) or Layout(f"HDU {hdu_label(hdul, science)}", science)

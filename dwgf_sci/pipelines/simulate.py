@@ -65,6 +65,7 @@ def simulate(
     overwrite: bool = False,
     start: int = 0,
     arrays: dict[str, Any] | None = None,
+    noise_map: bool = False,
 ) -> list[Path]:
     """Write ``n`` measurement files ``out/obs_<index>.<fits|h5>`` (truth, measurement, operator).
 
@@ -74,6 +75,9 @@ def simulate(
     :param seed: seed of the dataset and of the noise (item ``i`` uses ``seed * 100003 + i``).
     :param noise_scale: ``peak`` (Gaussian sigma relative to the noise-free peak) or ``absolute``.
     :param arrays: ``psf=`` / ``mask=`` arrays for specs that refer to user arrays.
+    :param noise_map: also store the per-pixel noise the measurement was drawn with
+        (:func:`noise_variance_map`; FITS: an ``ERR`` sigma map, HDF5: a ``variance``
+        dataset), which reconstructions then weigh the data by, as a survey's.
     :return: the files written.
     """
     if file_type not in ("fits", "hdf5"):
@@ -109,8 +113,32 @@ def simulate(
         used["img_size"] = list(img_size)
         record = {"dataset": str(dataset), "index": i, "seed": seed, "noise_scale": noise_scale}
         m = Measurement(y=y, operator=used, truth=x, arrays=_arrays_of(arrays))
+        if noise_map:
+            m.variance = noise_variance_map(used["noise"], clean)[0]
         written.append(write_measurement(path, m, provenance=record, overwrite=overwrite))
     return written
+
+
+def noise_variance_map(noise: dict[str, Any], clean: torch.Tensor) -> torch.Tensor:
+    r"""Per-pixel variance of the noise a spec draws on the noise-free data ``clean``: Gaussian
+    :math:`\sigma^2`; photon noise with gain :math:`g` and sky :math:`b`,
+    :math:`g\,(\max(Ax, 0) + b) + \sigma^2`, at least one count (:math:`g`) where that is 0.
+
+    :raises ConfigError: without noise (a variance of 0 weighs nothing).
+    """
+    kind = noise.get("type", "none")
+    sigma2 = float(noise.get("sigma", 0.0)) ** 2
+    if kind == "gaussian":
+        var = torch.full_like(clean, sigma2)
+    elif kind in ("poisson", "poisson-gaussian"):
+        gain = float(noise["gain"])
+        photons = gain * (clean.clamp_min(0) + float(noise.get("sky", 0.0)))
+        var = (photons + sigma2).clamp_min(gain)
+    else:
+        raise ConfigError(f"a noise map needs a noise model; the spec has {kind!r}")
+    if not bool((var > 0).all()):
+        raise ConfigError("the noise spec gives a zero variance: nothing to weigh the data by")
+    return var
 
 
 def _arrays_of(arrays: dict[str, Any]) -> dict[str, torch.Tensor]:
