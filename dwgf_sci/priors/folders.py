@@ -33,6 +33,7 @@ __all__ = [
     "load_scheduler",
     "network_load_options",
     "prepare_save_folder",
+    "read_json_file",
     "read_prior_config",
     "refuse_pickle_weights",
     "require_subfolders",
@@ -109,18 +110,28 @@ def resolve_dtype(
     return dtype
 
 
+def read_json_file(path: Path) -> Any | None:
+    """The parsed JSON file ``path``, or ``None`` when there is no such file.
+
+    :raises FileFormatError: if the file exists but cannot be read as JSON.
+    """
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise FileFormatError(f"{path} is not valid JSON: {err}") from err
+
+
 def read_prior_config(folder: str | os.PathLike[str]) -> dict[str, Any] | None:
     """The parsed ``dwgf_prior.json`` of ``folder``, or ``None`` when the folder has none.
 
     :raises FileFormatError: if the file exists but is not a JSON object.
     """
     path = Path(folder) / PRIOR_CONFIG_NAME
-    if not path.is_file():
+    data = read_json_file(path)
+    if data is None:
         return None
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise FileFormatError(f"{path} is not valid JSON: {err}") from err
     if not isinstance(data, dict):
         raise FileFormatError(f"{path} must hold a JSON object, found {type(data).__name__}")
     return data

@@ -14,7 +14,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,7 @@ import torch
 
 from ..errors import ConfigError, FileFormatError
 from .base import LatentPrior
-from .folders import PRIOR_CONFIG_NAME, read_prior_config
+from .folders import PRIOR_CONFIG_NAME, read_json_file, read_prior_config
 from .latent import LatentDiffusionPrior
 from .stable_diffusion import StableDiffusionPrior
 
@@ -87,13 +86,7 @@ def prior_folder(name: str) -> Path:
 
 def _pipeline_class(folder: Path) -> str | None:
     """The ``_class_name`` of a diffusers ``model_index.json``, or ``None`` without one."""
-    path = folder / "model_index.json"
-    if not path.is_file():
-        return None
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise FileFormatError(f"{path} is not valid JSON: {err}") from err
+    data = read_json_file(folder / "model_index.json")
     return str(data.get("_class_name")) if isinstance(data, dict) else None
 
 
