@@ -40,6 +40,7 @@ from dwgf_sci.training import (
     train_prior,
 )
 from dwgf_sci.training.checkpoint import optimizer_state_from_flat, optimizer_state_to_flat
+from dwgf_sci.training.data import load_training_data
 from dwgf_sci.training.evaluate import (
     evaluate_prior,
     galaxy_statistics,
@@ -125,6 +126,18 @@ def test_tiny_run_saves_a_loadable_prior(trained):
     record = json.loads((out / "training.json").read_text())
     assert len(record["history"]["vae"]) == 10 and len(record["history"]["unet"]) == 8
     assert record["config"]["seed"] == 0 and prior.metadata["trained"] is True
+    # the training images' intensity range, which flux_scale="auto" compares data with
+    from dwgf_sci.priors.intensity import measure_intensity, training_intensity
+
+    src = record["data"]
+    data = load_training_data(
+        dataset=src["dataset"],
+        n=src["n"],
+        size=src["size"],
+        data_seed=src["data_seed"],
+        val=src["n_val"],
+    )
+    assert training_intensity(prior) == measure_intensity(data.train, "absolute")  # phantoms
 
 
 def test_autoencoder_improves_over_initialisation(trained):

@@ -19,7 +19,7 @@ from __future__ import annotations
 import time
 import warnings
 from collections.abc import Callable, Generator, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
@@ -37,6 +37,7 @@ from ..errors import (
     ShapeError,
 )
 from ..priors.base import LatentPrior
+from .flux_scale import FluxScale, check_flux_scale, choose_flux_scale
 from .likelihood import DataTerm, chi2_limit
 from .posterior import Posterior
 from .schedule import timestep_grid
@@ -83,6 +84,9 @@ class Problem:
     generator: torch.Generator
     device: torch.device
     dtype: torch.dtype
+    #: The units the call solves in: ``y`` and ``data_term`` are the data's divided by
+    #: ``flux.factor``, and the result is multiplied back (:mod:`~dwgf_sci.solvers.flux_scale`).
+    flux: FluxScale = field(default_factory=FluxScale)
 
     @property
     def n(self) -> int:
@@ -104,6 +108,10 @@ class LatentSolver(Reconstructor):
     :param int t_max: largest timestep visited (default: the prior's last).
     :param str data_term: ``"gaussian"`` (noise-level weighted), ``"poisson"`` or ``"mse"``.
     :param float noise_sigma: Gaussian noise std in measurement units; ``None`` reads the physics.
+    :param flux_scale: ``"auto"`` (default) solves in the prior's intensity units when the
+        physics is linear and the prior records its training range, and scales the result back
+        (exact for Gaussian and Poisson noise); a number fixes the factor; ``None`` keeps the
+        data's units. See :mod:`~dwgf_sci.solvers.flux_scale`.
     :param int max_batch: most particles sent through a network at once (``None``: all).
     :param int seed: seed of every random draw; the same seed on the same device gives the same
         samples.
@@ -125,6 +133,7 @@ class LatentSolver(Reconstructor):
         t_max: int | None = None,
         data_term: str = "gaussian",
         noise_sigma: float | None = None,
+        flux_scale: str | float | None = "auto",
         max_batch: int | None = None,
         seed: int = 0,
         progress: bool = False,
@@ -151,6 +160,7 @@ class LatentSolver(Reconstructor):
         self.t_min = int(t_min)
         self.t_max = t_max
         self.data_term = DataTerm(data_term, noise_sigma)
+        self.flux_scale = check_flux_scale(flux_scale)
         self.max_batch = max_batch
         self.seed = int(seed)
         self.progress = progress
@@ -170,6 +180,7 @@ class LatentSolver(Reconstructor):
             "t_max": self.t_max,
             "data_term": self.data_term.kind,
             "noise_sigma": self.data_term.sigma,
+            "flux_scale": self.flux_scale,
             "max_batch": self.max_batch,
             "seed": self.seed,
         }
@@ -311,6 +322,9 @@ class LatentSolver(Reconstructor):
             mean = conditional_means.reshape(b, n, *x.shape[1:]).mean(1)
         samples = x.reshape(b, n, *x.shape[1:])
         fit = self.data_fit(samples.mean(1) if mean is None else mean, problem)
+        if problem.flux.factor != 1.0:  # back to the data's units
+            x = x * problem.flux.factor
+            mean = None if mean is None else mean * problem.flux.factor
         if out_dtype is not None and out_dtype != x.dtype:
             x = x.to(out_dtype)
             mean = None if mean is None else mean.to(out_dtype)
@@ -324,6 +338,7 @@ class LatentSolver(Reconstructor):
             mean=mean,
         )
         post.fit = fit
+        post.flux = problem.flux.to_dict()
         post.timing["total_s"] = time.perf_counter() - start
         return post
 
@@ -427,6 +442,9 @@ class LatentSolver(Reconstructor):
             )
         data_term.bind(y, self.particles)
         y = self.unmasked(y, data_term)
+        flux = choose_flux_scale(self.flux_scale, y, physics, data_term, self.prior, shape)
+        if flux.factor != 1.0:
+            y, data_term = y / flux.factor, data_term.scaled(flux.factor)
         flat = y.reshape(y.shape[0], -1)
         if bool((flat == flat[:, :1]).all()):
             warnings.warn(
@@ -456,4 +474,5 @@ class LatentSolver(Reconstructor):
             generator=generator,
             device=device,
             dtype=dtype,
+            flux=flux,
         )

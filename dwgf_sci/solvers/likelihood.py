@@ -96,6 +96,26 @@ class DataTerm:
             )
         return bound
 
+    def scaled(self, factor: float) -> DataTerm:
+        r"""The data term of the measurements :math:`y / s` (``factor`` :math:`s`): noise
+        standard deviation :math:`\sigma / s`, variance map :math:`v / s^2`, Poisson gain and
+        background :math:`g / s`, :math:`b / s` (exact for these noise models); ``"mse"`` is
+        unchanged. Used by :mod:`~dwgf_sci.solvers.flux_scale`."""
+        if factor == 1.0:
+            return self
+        part = copy.copy(self)
+        if self.variance_map is not None:
+            part.variance_map = self.variance_map / factor**2
+        if self.kind == "gaussian" and self.sigma is not None:
+            part.sigma = self.sigma / factor
+            part._fidelity = L2(sigma=part.sigma)
+        elif self.kind == "poisson":
+            part.gain, part.background = self.gain / factor, self.background / factor
+            part._fidelity = PoissonLikelihood(
+                gain=part.gain, bkg=part.background / part.gain, denormalize=True
+            )
+        return part
+
     def __call__(self, ax: Tensor, y: Tensor) -> Tensor:
         """Negative log-likelihood per sample, shape ``(n,)``; ``mse`` gives an element mean."""
         if self.kind == "mse":

@@ -89,6 +89,8 @@ class Posterior(Tensor):
         obj.history = list(history or [])
         obj.latents = None if latents is None else latents.detach()
         obj.fit = {}
+        #: The units the solver worked in (:mod:`~dwgf_sci.solvers.flux_scale`), if it says.
+        obj.flux: dict[str, Any] = {}
         return obj
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:  # attributes are set in __new__
@@ -160,8 +162,12 @@ class Posterior(Tensor):
 
     # ------------------------------------------------------------------ output
     def provenance(self) -> dict[str, Any]:
-        """Settings, timing and call counts as one JSON-serialisable dict."""
-        return {"settings": self.settings, "timing": self.timing, "calls": self.calls}
+        """Settings, timing, call counts and the flux scale used, as one JSON-serialisable
+        dict."""
+        out = {"settings": self.settings, "timing": self.timing, "calls": self.calls}
+        if self.flux:
+            out["flux_scale"] = self.flux
+        return out
 
     def to_fits(
         self,

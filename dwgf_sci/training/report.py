@@ -17,6 +17,7 @@ from torch import Tensor
 from .._version import __version__
 from ..io.atomic import atomic_output
 from ..priors.base import LatentPrior
+from ..priors.intensity import intensity_units, measure_intensity
 from .config import TrainConfig
 from .data import TrainingData, describe_source
 from .evaluate import (
@@ -382,6 +383,8 @@ def finish_run(
             "metrics": {k: v for k, v in metrics.items() if k != "ks"},
             "ks": {k: v["ks"] for k, v in metrics.get("ks", {}).items()},
             "timings_s": result.timings,
+            # what flux_scale="auto" and the units warning compare data with
+            "intensity": measure_intensity(data.train, intensity_units(data.kind)).to_dict(),
         }
         prior.save_pretrained(out, overwrite=True)
     sample_grid_png(
