@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from collections.abc import Sequence
+from typing import Any
 
 from ._version import __version__
 from .errors import DwgfError
@@ -147,6 +149,14 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=None,
         help="Gaussian noise std (default: from the operator spec)",
+    )
+    rec.add_argument(
+        "--flux-scale",
+        default="auto",
+        metavar="auto|off|S",
+        help="units to solve in: 'auto' (default) rescales the data into the prior's training "
+        "intensity range and the result back (linear operators); 'off' keeps the file's units; "
+        "a number S solves for data / S",
     )
     rec.add_argument("--max-batch", type=int, default=None, help="most particles per network call")
     rec.add_argument(
@@ -373,6 +383,7 @@ def _reconstruct(args: argparse.Namespace) -> int:
     from .pipelines.manifest import read_input_list
     from .priors import load_prior
     from .solvers import DWGF
+    from .solvers.flux_scale import check_flux_scale
 
     if args.threads is not None:
         if not 1 <= args.threads <= 4096:
@@ -392,6 +403,7 @@ def _reconstruct(args: argparse.Namespace) -> int:
         "progress": not args.quiet,
         "max_batch": args.max_batch,
         "noise_sigma": args.noise_sigma,
+        "flux_scale": check_flux_scale(args.flux_scale),
     }
     if args.particles is not None:
         options["particles"] = args.particles
@@ -446,7 +458,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return EXIT_USER_ERROR
     try:
-        return COMMANDS[args.command](args)
+        with warnings.catch_warnings():
+            if not args.debug:  # a warning is one line, as errors are
+                warnings.showwarning = _warning_line
+            return COMMANDS[args.command](args)
     except DwgfError as exc:
         if args.debug:
             raise
@@ -461,6 +476,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"dwgf-sci: error: {message}", file=sys.stderr)
         return EXIT_USER_ERROR
+
+
+def _warning_line(message: Warning | str, category: type[Warning], *_: Any, **__: Any) -> None:
+    """Print a warning as ``dwgf-sci: warning: ...`` on one line (no source line)."""
+    text = " ".join(str(message).split())
+    print(f"dwgf-sci: warning: {text}", file=sys.stderr)
 
 
 def _foreseeable(exc: Exception) -> str | None:

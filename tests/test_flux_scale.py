@@ -7,6 +7,7 @@ import json
 import warnings
 
 import deepinv as dinv
+import numpy as np
 import pytest
 import torch
 
@@ -225,3 +226,54 @@ def test_in_range_data_raise_no_warning(scaled_prior):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         PSLD(prior, steps=2)(physics(x), physics)
+
+
+def test_the_cli_reconstructs_a_file_in_any_units(tmp_path, prior_dir, capsys):
+    """A survey-like file (SCI/ERR) and the same file in units 1000 times smaller, given the
+    same name so that they get the same seed: the outputs differ by the factor alone, the second
+    run warns on one line, and both record the flux scale in their provenance."""
+    import shutil
+
+    from astropy.io import fits
+
+    from dwgf_sci.cli import main
+    from dwgf_sci.io import read_provenance
+
+    prior = tmp_path / "prior"
+    shutil.copytree(prior_dir, prior)
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:32, :32]
+    truth = 50.0 * np.exp(-((yy - 15.5) ** 2 + (xx - 16.0) ** 2) / 20.0)
+    record_intensity(prior, torch.tensor(truth, dtype=torch.float32)[None, None].repeat(4, 1, 1, 1))
+    err = np.sqrt(0.25 + 0.05 * truth)
+    sci = truth + err * rng.standard_normal(truth.shape)
+    for folder, c in (("own", 1.0), ("small", 1e-3)):
+        (tmp_path / folder).mkdir()
+        fits.HDUList(
+            [
+                fits.PrimaryHDU(),
+                fits.ImageHDU((c * sci).astype(np.float32), name="SCI"),
+                fits.ImageHDU((c * err).astype(np.float32), name="ERR"),
+            ]
+        ).writeto(tmp_path / folder / "cutout.fits")
+    argv = ["--prior", str(prior), "--operator", "psf", "--set", "fwhm=2", "--preset", "fast"]
+    argv += ["--steps", "3", "--particles", "2", "--quiet", "--threads", "1"]
+    means, flux = {}, {}
+    for folder in ("own", "small"):
+        code = main(["reconstruct", str(tmp_path / folder / "cutout.fits"), *argv, "--out",
+                     str(tmp_path / f"out-{folder}")])  # fmt: skip
+        err_text = capsys.readouterr().err
+        assert code == 0, err_text
+        warned = [line for line in err_text.splitlines() if "outside what the prior" in line]
+        assert len(warned) == (1 if folder == "small" else 0), err_text
+        assert not warned or warned[0].startswith("dwgf-sci: warning: the data imply")
+        out = tmp_path / f"out-{folder}" / "cutout_posterior.fits"
+        means[folder] = fits.getdata(out).astype(np.float64)
+        flux[folder] = read_provenance(out)["flux_scale"]
+    assert flux["small"]["factor"] == pytest.approx(1e-3 * flux["own"]["factor"], rel=1e-5)
+    scale = np.abs(means["own"]).max()
+    assert np.abs(means["small"] / 1e-3 - means["own"]).max() < 1e-2 * scale
+    code = main(["reconstruct", str(tmp_path / "own" / "cutout.fits"), *argv, "--out",
+                 str(tmp_path / "bad"), "--flux-scale", "-2"])  # fmt: skip
+    err_text = capsys.readouterr().err
+    assert code == 2 and "flux_scale must be" in err_text and "Traceback" not in err_text
