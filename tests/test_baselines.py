@@ -110,15 +110,21 @@ def test_pigdm_cg_equals_dense_solve():
 
 def test_dps_mean_error_is_bounded():
     prior, physics, y, mean, cov = gaussian_problem()
-    # with a step suited to this operator (|A| = 6) DPS is close to the posterior here
-    post = LatentDPS(prior, particles=400, steps=200, zeta=0.1, seed=0)(y, physics)
+    # in absolute units, with a step suited to this operator (|A| = 6) DPS is close to the
+    # posterior here
+    kw = {"particles": 400, "steps": 200, "seed": 0, "step_units": "absolute"}
+    post = LatentDPS(prior, zeta=0.1, **kw)(y, physics)
     mean_err, var_ratio = errors(post, mean, cov)
     assert mean_err < 0.15, mean_err  # measured 0.03
     assert 0.7 < var_ratio < 1.5, var_ratio  # measured 1.02
     # the DPS code's default step (1.0) keeps the mean but over-disperses (constant-size kicks)
-    post = LatentDPS(prior, particles=400, steps=200, zeta=1.0, seed=0)(y, physics)
+    post = LatentDPS(prior, zeta=1.0, **kw)(y, physics)
     mean_err, var_ratio = errors(post, mean, cov)
     assert mean_err < 0.5 and var_ratio > 3.0, (mean_err, var_ratio)  # measured 0.22, 9.4
+    # the default, relative step: near the mean, the step vanishes at the noise level
+    post = LatentDPS(prior, particles=400, steps=200, seed=0)(y, physics)
+    mean_err, var_ratio = errors(post, mean, cov)
+    assert mean_err < 0.3 and var_ratio < 3.0, (mean_err, var_ratio)
     # a noiseless physics works (the history falls back to the unweighted data term)
     noiseless = MatrixOperator(physics.matrix, img_size=(8, 1, 1))
     start = time.perf_counter()
@@ -182,7 +188,11 @@ def test_psld_without_gluing_is_latent_dps_and_gluing_helps_here():
     kw = {"particles": 200, "steps": 200, "seed": 0, "eta": 1.0}  # PSLD's own default is eta 0
     dps = LatentDPS(prior, **kw)(y, physics)
     torch.testing.assert_close(PSLD(prior, gamma=0.0, **kw)(y, physics).samples, dps.samples)
-    # the gluing term pulls the latents toward A^+ y on the measured subspace: better mean
+    # with the DPS code's absolute step the gluing term, which pulls the latents toward A^+ y
+    # on the measured subspace, gives a better mean
+    kw.update(step_units="absolute", zeta=1.0)  # the DPS and PSLD codes' step
+    dps = LatentDPS(prior, **kw)(y, physics)
+    torch.testing.assert_close(PSLD(prior, gamma=0.0, **kw)(y, physics).samples, dps.samples)
     mean_dps, _ = errors(dps, mean, cov)
     mean_psld, _ = errors(PSLD(prior, **kw)(y, physics), mean, cov)
     assert mean_psld < 0.5 * mean_dps, (mean_psld, mean_dps)  # measured 0.10 vs 0.37

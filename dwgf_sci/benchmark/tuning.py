@@ -3,7 +3,9 @@ r"""Hyperparameter search on validation problems, shared by every benchmark scri
 A method's main parameter (a step size, a regularisation weight, an iteration count) is chosen by
 the mean PSNR of its reconstruction over a few validation problems. The parameter's useful range
 is not known in advance (a DPS step size for images in photon counts is orders of magnitude
-smaller than for images in [0, 1]), so :func:`log_search` walks on a logarithmic grid:
+smaller than for images in [0, 1] in the DPS code's absolute units; the baselines' default,
+scale-free units remove most of that, see ``benchmarks/results/baseline_defaults.md``), so
+:func:`log_search` walks on a logarithmic grid:
 
 1. score ``start``, ``start * factor`` and ``start / factor``;
 2. while the best value is at an end of what was scored, go one more ``factor`` past it

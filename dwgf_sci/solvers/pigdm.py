@@ -65,6 +65,7 @@ from .dps import GuidedDDIM, GuidedState
 __all__ = ["PiGDM"]
 
 SOLVES = ("auto", "dense", "cg")
+IMAGE_SCALES = ("decoder", "prior")
 
 
 class PiGDM(GuidedDDIM):
@@ -98,6 +99,7 @@ class PiGDM(GuidedDDIM):
         solve: str = "auto",
         cg_iters: int = 50,
         cg_tol: float = 1e-6,
+        image_scale: str = "decoder",
         steps: int = 100,
         eta: float = 1.0,
         **kwargs: Any,
@@ -117,7 +119,10 @@ class PiGDM(GuidedDDIM):
             raise ConfigError(f"unknown solve {solve!r}; choose one of {SOLVES}")
         if int(cg_iters) < 1 or not float(cg_tol) > 0:
             raise ConfigError(f"need cg_iters >= 1 and cg_tol > 0, found {cg_iters}, {cg_tol}")
+        if image_scale not in IMAGE_SCALES:
+            raise ConfigError(f"unknown image_scale {image_scale!r}; choose one of {IMAGE_SCALES}")
         super().__init__(prior, steps=steps, eta=eta, **kwargs)
+        self.image_scale = image_scale
         self.guidance_scale = float(guidance_scale)
         self.data_variance = float(data_variance)
         self.solve = solve
@@ -133,6 +138,7 @@ class PiGDM(GuidedDDIM):
             "solve": self.solve,
             "cg_iters": self.cg_iters,
             "cg_tol": self.cg_tol,
+            "image_scale": self.image_scale,
         }
 
     # ------------------------------------------------------------------ covariance solves
@@ -154,6 +160,9 @@ class PiGDM(GuidedDDIM):
     def init_state(self, problem: Problem) -> GuidedState:
         """Start as :class:`GuidedDDIM` and factor :math:`AA^\\top` once for dense solves."""
         state = super().init_state(problem)
+        gen = torch.Generator(device=problem.device)
+        gen.manual_seed(int(problem.generator.initial_seed()) + 1)  # probes: their own stream
+        state.extra["probe_generator"] = gen
         physics = problem.physics
         if self.solve != "cg" and isinstance(physics, MatrixOperator):
             mat = physics.matrix.to(device=problem.device, dtype=torch.float64)
@@ -166,18 +175,51 @@ class PiGDM(GuidedDDIM):
         v = self.data_variance
         return v * s * s / (s * s + v * a * a)
 
+    def image_scale2(self, z0: Tensor, x: Tensor, problem: Problem, state: GuidedState) -> Tensor:
+        r""":math:`c_i^2` per particle: the image variance per unit of latent variance.
+
+        For an affine decoder (the prior declares ``affine_decoder``) or ``image_scale="prior"``
+        it is the prior's ``data_scale`` squared. Otherwise it is the trace-matched isotropic
+        approximation of :math:`J J^\top` at :math:`\hat z_0`, :math:`J` the Jacobian of
+        :math:`z \mapsto \mathrm{from\_model}(D(z))` (the decoder and the prior's stretch):
+        :math:`c^2 = \mathrm{tr}(J J^\top)/n \approx (d/n)\,\|J u\|^2/\|u\|^2`
+        for one probe :math:`u \sim \mathcal{N}(0, I_d)` (a finite difference: one decoder
+        forward more per particle and step); :math:`d`, :math:`n` the latent and image sizes.
+        It follows the image's units, so the guidance does not depend on them."""
+        c2 = torch.full((z0.shape[0],), float(self.prior.data_scale) ** 2, device=z0.device)
+        if self.image_scale == "prior" or getattr(self.prior, "affine_decoder", False):
+            return c2.to(x.dtype)
+        gen = state.extra["probe_generator"]
+        u = torch.randn(z0.shape, generator=gen, device=gen.device).to(z0)
+        h = 1e-2
+        with torch.no_grad():
+            dx = (self.render(z0 + h * u) - x) / h
+        d, n = z0[0].numel(), x[0].numel()
+        ratio = dx.flatten(1).pow(2).sum(1) / u.flatten(1).pow(2).sum(1)
+        return (ratio * d / n).to(x.dtype)
+
     def solve_covariance(
-        self, u: Tensor, a: float, s: float, problem: Problem, state: GuidedState
+        self,
+        u: Tensor,
+        a: float,
+        s: float,
+        problem: Problem,
+        state: GuidedState,
+        scale2: Tensor | None = None,
     ) -> Tensor:
-        r""":math:`C_t^{-1} u` for a batch of measurement-space vectors ``u``."""
+        r""":math:`C_t^{-1} u` for a batch of measurement-space vectors ``u``, with
+        :math:`c^2` = ``scale2`` per row (default: the prior's ``data_scale`` squared)."""
         sigma2 = problem.data_term.sigma**2
-        k = (self.prior.data_scale**2) * self.r2(a, s)
+        if scale2 is None:
+            scale2 = torch.full((u.shape[0],), float(self.prior.data_scale) ** 2)
+        k = scale2.to(device=u.device, dtype=torch.float64) * self.r2(a, s)
         if "eig" in state.extra:
             lam, vec = state.extra["eig"]
             flat = u.reshape(u.shape[0], -1).to(torch.float64)
-            coef = (flat @ vec) / (k * lam + sigma2)
+            coef = (flat @ vec) / (k[:, None] * lam + sigma2)
             return (coef @ vec.T).to(u.dtype).reshape(u.shape)
         physics = problem.physics
+        k = k.to(u.real.dtype).reshape(-1, *[1] * (u.ndim - 1))
 
         def cov(v: Tensor) -> Tensor:
             return k * physics.A(physics.A_adjoint(v)) + sigma2 * v
@@ -190,10 +232,18 @@ class PiGDM(GuidedDDIM):
     ) -> Tensor:
         r""":math:`\langle \mathrm{sg}(C_t^{-1}(y - A\hat x_0)),\, A\hat x_0 \rangle` per particle;
         its gradient is :math:`g_t`."""
+        z0, x = state.extra.pop("_z0"), state.extra.pop("_x")
+        scale2 = self.image_scale2(z0.detach(), x.detach(), problem, state)
         with torch.no_grad():
-            v = self.solve_covariance(problem.y_rep[rows] - ax, a, s, problem, state)
+            v = self.solve_covariance(problem.y_rep[rows] - ax, a, s, problem, state, scale2)
         prod = torch.conj(v) * ax if torch.is_complex(ax) else v * ax
         return prod.real.flatten(1).sum(1) if torch.is_complex(prod) else prod.flatten(1).sum(1)
+
+    def render_for_guidance(self, z0: Tensor, state: GuidedState) -> Tensor:
+        r"""Decode :math:`\hat z_0` and keep it and its image for :meth:`image_scale2`."""
+        x = self.render(z0)
+        state.extra["_z0"], state.extra["_x"] = z0, x
+        return x
 
     def coefficient(self, a: float, s: float, a_next: float, c2: float) -> float:
         r""":math:`\kappa_t = \lambda (a' s^2 / a - c_2 s)`: the guided score inside DDIM."""

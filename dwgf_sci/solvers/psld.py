@@ -13,8 +13,8 @@ and the update after the DDIM step is
 
 .. math::
 
-    z_{t'} \leftarrow z_{t'} - \omega\,\nabla_{z_t}\|y - A x\|_2
-        - \gamma\,\nabla_{z_t}\ell_{\mathrm{glue}},
+    z_{t'} \leftarrow z_{t'} - \omega\,g_t - \gamma\,\nabla_{z_t}\ell_{\mathrm{glue}},
+    \qquad g_t = \nabla_{z_t}\|y - A x\|_2,
 
 one backward pass through the UNet, the decoder *and* the encoder per particle and step (the
 encoder backward is what makes PSLD dearer than DPS). The paper writes :math:`A^\top` for
@@ -24,9 +24,35 @@ for a general operator the orthogonal projection onto the measured subspace is
 of :mod:`dwgf_sci.operators`; FBP for CT, an approximate projection). :math:`A^{+}y` is computed
 once per call.
 
-Defaults follow the PSLD repository's Stable Diffusion script (``scripts/inverse.py``: ``omega``
-1, ``gamma`` 0.1, 1000 DDIM steps, ``eta`` 0), both terms with the residual norm (not squared),
-as in its code.
+**Step size in scale-free units** (``step_units="relative"``, the default). The two terms have
+different units (the residual norm is in measurement units, the gluing term in latent units), so
+the relative weight of :math:`\omega` and :math:`\gamma` in the PSLD code depends on the image's
+and the measurements' units. Here the residual norm is measured in units of its noise level
+:math:`\nu = \ell_\star = \sqrt{V}` (see :mod:`~dwgf_sci.solvers.dps`; where the noise is unknown,
+in units of its own current value), the joint objective
+
+.. math::
+
+    L_i = \ell_i/\nu_i + \gamma\,\ell_{\mathrm{glue},i}, \qquad G_i = \nabla_{z_t} L_i
+
+is differentiated in one backward pass, and the step is Polyak's step of :math:`L` towards the
+noise level of its data part, as for latent DPS:
+
+.. math::
+
+    z_{t'} \leftarrow z_{t'} - \zeta\,\frac{(\ell_i/\nu_i - 1)_+}{\|G_i\|^2}\,G_i .
+
+With :math:`\gamma = 0` this is latent DPS's step. Multiplying :math:`y`, the noise level and the
+operator (or the image units, for a prior without stretch) by any :math:`c > 0` leaves
+:math:`L` and the step unchanged. Default :math:`\zeta = 0.5`. ``step_units="absolute"`` is the
+PSLD code's :math:`\omega` = ``zeta`` (its 1.0, for images in [-1, 1]) with the residual norm in
+measurement units. A variant that took the data gradient apart from the gluing one (Polyak on
+the data term alone, two backward passes) overshot on compressed sensing and was dropped
+(``benchmarks/results/baseline_defaults.md``, exploration).
+
+Other defaults follow the PSLD repository's Stable Diffusion script (``scripts/inverse.py``:
+``gamma`` 0.1, 1000 DDIM steps, ``eta`` 0; its ``omega`` 1 in absolute units), both terms with
+the residual norm (not squared), as in its code.
 """
 
 from __future__ import annotations
@@ -51,7 +77,10 @@ class PSLD(LatentDPS):
 
     ``PSLD(prior)(y, physics)`` returns a :class:`~dwgf_sci.solvers.posterior.Posterior`. Needs a
     linear physics with ``A_dagger``. Options are those of
-    :class:`~dwgf_sci.solvers.dps.LatentDPS` (``zeta`` is the paper's :math:`\omega`), plus:
+    :class:`~dwgf_sci.solvers.dps.LatentDPS` (``zeta`` sets the paper's :math:`\omega`: with
+    ``step_units="relative"``, the default, the fraction of the way to the noise level that the
+    data and gluing steps together take, see the module doc; with ``"absolute"`` :math:`\omega`
+    itself), plus:
 
     :param float gamma: weight :math:`\gamma` of the gluing term (PSLD code: 0.1; 0 gives latent
         DPS).
@@ -107,17 +136,46 @@ class PSLD(LatentDPS):
     def objective(
         self, ax: Tensor, rows: slice, a: float, s: float, problem: Problem, state: GuidedState
     ) -> Tensor:
-        r""":math:`\omega \|y - Ax\|_2 + \gamma\,\ell_{\mathrm{glue}}` per particle."""
-        data = self.zeta * super().objective(ax, rows, a, s, problem, state)
+        r"""The data term per particle: :math:`\|y - Ax\|_2`, divided by the noise level
+        :math:`\nu = \ell_\star` with relative steps (by the detached value itself where the
+        noise is unknown)."""
+        loss = super().objective(ax, rows, a, s, problem, state)
+        if self.step_units != "relative":
+            return self.zeta * loss
+        return loss / self.noise_unit(loss.detach(), ax.detach(), rows, problem)
+
+    def noise_unit(self, loss: Tensor, ax: Tensor, rows: slice, problem: Problem) -> Tensor:
+        r""":math:`\nu_i`: the loss at the noise level, or the loss itself without noise."""
+        floor = self.loss_floor(ax, rows, problem).to(loss.dtype)
+        return torch.where(floor > 0, floor, loss.clamp_min(1e-30))
+
+    def data_factor(
+        self, loss: Tensor, grad: Tensor, ax: Tensor, rows: slice, problem: Problem
+    ) -> Tensor:
+        r"""Relative units: Polyak's step of the joint gradient :math:`G_i` towards the noise
+        level, :math:`\zeta\,(\ell_i/\nu_i - \ell_\star/\nu_i)_+ / \|G_i\|^2` (see the module
+        doc); absolute units: 1 (:math:`\omega` = ``zeta`` is in the objective)."""
+        if self.step_units != "relative":
+            return torch.ones_like(loss)
+        # the loss is already ell / nu: the noise level is 1 (0 where the noise is unknown)
+        floor = self.loss_floor(ax, rows, problem).to(loss.dtype)
+        excess = (loss - (floor > 0).to(loss.dtype)).clamp_min(0.0)
+        g2 = grad.flatten(1).pow(2).sum(1)
+        return torch.where(g2 > 0, self.zeta * excess / g2.clamp_min(1e-30), 0.0)
+
+    def extra_objective(
+        self, ax: Tensor, rows: slice, problem: Problem, state: GuidedState
+    ) -> Tensor | None:
+        r""":math:`\gamma\,\ell_{\mathrm{glue}}` per particle (None when :math:`\gamma = 0`)."""
         if self.gamma == 0:
-            return data
+            return None
         x, z0 = state.extra["_x"], state.extra["_z0"]
         physics = problem.physics
         pinv_y = state.extra["pinv_y"].repeat_interleave(problem.particles, 0)[rows]
         glued = pinv_y + x - physics.A_dagger(ax)
         glued = glued.real if torch.is_complex(glued) else glued
         z_glued = self.prior.encode(self.prior.to_model(glued))
-        return data + self.gamma * (z_glued - z0).flatten(1).norm(dim=1)
+        return self.gamma * (z_glued - z0).flatten(1).norm(dim=1)
 
     def render_for_guidance(self, z0: Tensor, state: GuidedState) -> Tensor:
         """Decode :math:`\\hat z_0` and keep it (and the image) for the gluing term."""

@@ -26,6 +26,26 @@ betas (0.9, 0.99), ``obs_weight`` 1, ``sigma_x0`` 0 (no decoder noise), the ``"l
 The number of steps is a run option there (configuration default 50); we default to 1000 steps on
 the linear grid, as DWGF's reference.
 
+**Data term in noise units** (``data_units="noise"``, the default). Adam's step (``lr``) does not
+depend on the scale of the loss, but the balance between the data term and the regulariser
+does: with :math:`x = c\,D(\mu) + b` in physical units, the element mean of the squared
+residual grows as :math:`c^2` (and as :math:`\|A\|^2`) while the regulariser, in latent units,
+does not, so the same :math:`\lambda` and ``lr`` weigh the data a hundred times more for
+galaxies in counts than for CT in 1/cm. Here the data term is divided by the mean noise
+variance :math:`\bar v` (:math:`\sigma^2`; for a noise map, :math:`1/\bar v` is the mean inverse
+variance of the informative pixels),
+
+.. math::
+
+    \tfrac12\,\mathrm{mean}\big(y - A(\mathrm{from\_model}(D(\mu)))\big)^2 / \bar v,
+
+the Gaussian negative log-likelihood per measurement, as the RED-diff paper writes its loss
+(:math:`\|y - f(\mu)\|^2 / 2\sigma_v^2`): multiplying :math:`y`, the noise level and the image
+units (or the operator) by any :math:`c` leaves the loss, hence the run, unchanged. A physics
+without a noise level keeps the unscaled term; ``data_units="absolute"`` restores the reference
+code's unscaled element mean. With a Poisson data term (``data_term="poisson"``) the data term is
+the Poisson likelihood, in counts, and is not rescaled.
+
 Batching: the reference averages the loss over the batch, so one run's gradient shrinks with the
 number of images in it; Adam is scale invariant except for its :math:`\epsilon`. With
 ``independent_runs=True`` (default) Adam's :math:`\epsilon` is divided by the number of particles
@@ -37,11 +57,15 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 import torch
+from deepinv.physics import Physics
+from torch import Tensor
 
 from ..errors import ConfigError
+from ..operators.noise import noise_sigma
 from ..priors.base import LatentPrior
 from .base import Problem
 from .dwgf import DWGF
+from .likelihood import DataTerm
 
 __all__ = ["REDDIFF", "REDDiff"]
 
@@ -70,6 +94,38 @@ REDDIFF: dict[str, Any] = {
 ADAM_EPS = 1e-8
 
 
+DATA_UNITS = ("noise", "absolute")
+
+
+class NoiseScaledMSE(DataTerm):
+    r"""The ``"mse"`` data term divided by the mean noise variance: per row
+    :math:`\tfrac12\,\mathrm{mean}_i\,(y_i - (Ax)_i)^2 / \bar v`, with
+    :math:`1/\bar v` the mean inverse variance of the row's informative measurements. It keeps
+    the kind ``"mse"`` (element means everywhere in DWGF's flow) and only changes the scale."""
+
+    inv_var: float = 1.0
+
+    @classmethod
+    def wrap(cls, term: DataTerm, inv_var: float) -> NoiseScaledMSE:
+        """A copy of the bound ``"mse"`` term ``term`` scaled by ``inv_var`` (a scalar level; a
+        noise map's own mean inverse variance is used per row instead)."""
+        out = cls.__new__(cls)
+        out.__dict__.update(term.__dict__)
+        out.inv_var = float(inv_var)
+        return out
+
+    def scale(self, ax: Tensor) -> Tensor | float:
+        """:math:`1/\bar v` per row of ``ax`` (a float without a noise map)."""
+        if self.variance_map is None:
+            return self.inv_var
+        w = 1.0 / self.variance_like(ax)
+        return w.flatten(1).sum(1) / self.informative(ax).clamp_min(1)
+
+    def __call__(self, ax: Tensor, y: Tensor) -> Tensor:
+        """The ``"mse"`` value times :math:`1/\bar v`."""
+        return super().__call__(ax, y) * self.scale(ax)
+
+
 class REDDiff(DWGF):
     """RED-diff as DWGF with one particle per run and RED-diff's settings (see the module doc).
 
@@ -78,16 +134,27 @@ class REDDiff(DWGF):
 
     :param bool independent_runs: scale Adam's epsilon so that batched particles (and batched
         measurements) behave as separate single-image runs of the reference code.
+    :param str data_units: ``"noise"`` (default: the ``"mse"`` data term divided by the mean
+        noise variance, scale-free) or ``"absolute"`` (the reference code's element mean).
+        ``lr`` (default 0.1, the reference's) is Adam's step in latent units either way.
     :param overrides: DWGF and :class:`~dwgf_sci.solvers.base.LatentSolver` options.
     """
 
     name: ClassVar[str] = "reddiff"
 
     def __init__(
-        self, prior: LatentPrior, *, independent_runs: bool = True, **overrides: Any
+        self,
+        prior: LatentPrior,
+        *,
+        independent_runs: bool = True,
+        data_units: str = "noise",
+        **overrides: Any,
     ) -> None:
         if "preset" in overrides:
             raise ConfigError("REDDiff has no preset; pass DWGF options as keywords instead")
+        if data_units not in DATA_UNITS:
+            raise ConfigError(f"unknown data_units {data_units!r}; choose one of {DATA_UNITS}")
+        self.data_units = data_units
         cfg = {**REDDIFF, **overrides}
         # built on the reference preset so that DWGF options we do not set keep their
         # reference-implementation (switched-off) values
@@ -97,7 +164,25 @@ class REDDiff(DWGF):
 
     def settings(self) -> dict[str, Any]:
         """Every setting, with ``preset="reddiff"``."""
-        return {**super().settings(), "independent_runs": self.independent_runs}
+        return {
+            **super().settings(),
+            "independent_runs": self.independent_runs,
+            "data_units": self.data_units,
+        }
+
+    def resolve_data_term(self, physics: Physics) -> DataTerm:
+        """DWGF's data term; with ``data_units="noise"`` an ``"mse"`` term is divided by the
+        mean noise variance (the physics' Gaussian level, the solver's ``noise_sigma`` or the
+        noise map's), and left as it is when the physics has no noise level."""
+        term = super().resolve_data_term(physics)
+        if self.data_units != "noise" or term.kind != "mse":
+            return term
+        if term.variance_map is not None:
+            return NoiseScaledMSE.wrap(term, 1.0)
+        sigma = term.sigma if term.sigma is not None else noise_sigma(physics)
+        if sigma is None or torch.is_tensor(sigma) or not float(sigma) > 0:
+            return term
+        return NoiseScaledMSE.wrap(term, 1.0 / float(sigma) ** 2)
 
     def init_state(self, problem: Problem) -> Any:
         """DWGF's start; Adam's epsilon scaled for independent runs (element-mean data term)."""

@@ -4,8 +4,12 @@ ReSample runs latent DDIM with a DPS-style guidance step and, every few steps of
 third part of the trajectory, replaces the sample by one that is consistent with the data:
 
 1. **DDIM + guidance** (every step): the guided DDIM step of
-   :class:`~dwgf_sci.solvers.dps.LatentDPS` with the step :math:`\kappa_t = -\zeta\,\bar\alpha_t`
-   (the ReSample code scales DPS by ``0.5 * alpha_bar``; ``zeta`` 0.5).
+   :class:`~dwgf_sci.solvers.dps.LatentDPS` with its step times :math:`\bar\alpha_t` (the
+   ReSample code scales DPS by ``0.5 * alpha_bar``). With ``step_units="relative"`` (the
+   default) :math:`\zeta` is latent DPS's scale-free fraction of Polyak's step to the noise
+   level, :math:`\kappa_{t,i} g_{t,i} = -\zeta\,\bar\alpha_t\,(\ell_i - \ell_\star)_+
+   \,g_{t,i}/\|g_{t,i}\|^2` (default 0.5); with ``"absolute"`` the code's constant
+   :math:`\kappa_t = -\zeta\,\bar\alpha_t` (``zeta`` 0.5 there, for images in [-1, 1]).
 2. **Hard data consistency** (every ``every`` steps, for the steps in the last two thirds of the
    grid but the final one): from the new latent :math:`z_{t'}`, ``time_travel`` unconditional
    DDIM steps further down the grid give the Tweedie estimate :math:`\hat z_0`; then
@@ -65,16 +69,18 @@ class ReSample(LatentDPS):
 
     ``ReSample(prior)(y, physics)`` returns a :class:`~dwgf_sci.solvers.posterior.Posterior`.
     Works with any differentiable physics. Options of
-    :class:`~dwgf_sci.solvers.dps.LatentDPS` apply (``zeta`` scales the guidance, here times
-    :math:`\bar\alpha_t`), plus:
+    :class:`~dwgf_sci.solvers.dps.LatentDPS` apply (``zeta`` and ``step_units`` set the
+    guidance step, here times :math:`\bar\alpha_t`; default 0.5 of Polyak's step), plus:
 
     :param int every: a consistency step every ``every`` grid steps (ReSample: 10).
     :param int time_travel: unconditional DDIM steps taken ahead to estimate :math:`\hat z_0`
         (ReSample: 5; 0 uses Tweedie at the current step).
     :param int pixel_iters: most Adam iterations of the pixel optimisation (ReSample: 2000).
     :param int latent_iters: most Adam iterations of the latent optimisation (ReSample: 500).
-    :param float pixel_lr: Adam step of the pixel optimisation, model units (ReSample: 1e-2).
-    :param float latent_lr: Adam step of the latent optimisation (ReSample: 5e-3).
+    :param float pixel_lr: Adam step of the pixel optimisation, model units (ReSample: 1e-2);
+        scale-free as it is (Adam's step does not depend on the residual's units).
+    :param float latent_lr: Adam step of the latent optimisation (ReSample: 5e-3), latent
+        units, scale-free as it is.
     :param float resample_gamma: :math:`\gamma` of the resampling variance (ReSample: 40).
     :param tol: early-stopping level of the mean squared residual, measurement units squared;
         ``None`` uses the Gaussian noise variance of the physics (0 when it has none).
