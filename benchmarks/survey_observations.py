@@ -120,7 +120,8 @@ def psnr(x: np.ndarray, truth: np.ndarray) -> float:
 def cli(files: list[Path], out: Path, extra: list[str], args: argparse.Namespace) -> None:
     """One ``dwgf-sci reconstruct`` job (resumes from its manifest)."""
     cmd = [sys.executable, "-m", "dwgf_sci.cli", "reconstruct", *map(str, files), *OPERATOR]
-    cmd += ["--preset", args.preset, "--threads", str(args.threads), "--quiet", "--out", str(out)]
+    cmd += ["--preset", args.preset, "--threads", str(args.threads), "--seed", str(args.seed)]
+    cmd += ["--quiet", "--out", str(out)]
     subprocess.run([*cmd, *extra], check=False)
 
 
@@ -174,9 +175,15 @@ def main() -> None:
     ap.add_argument("--scales", type=float, nargs="+", default=[1e-3, 1.0, 1e3])
     ap.add_argument("--preset", default="default")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--seed", type=int, default=0, help="the reconstructions' --seed")
+    ap.add_argument(
+        "--tag", default=None, help="name of another run (preset, seed) on the same files"
+    )
+    ap.add_argument("--methods", nargs="+", default=["dwgf-map", "dwgf-scalar"])
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     out = Path(args.out)
+    runs, suffix = ("runs", "") if args.tag is None else (f"runs_{args.tag}", f"_{args.tag}")
     start = time.time()
     for split, n in (("validation", args.n_val), ("test", args.n_test)):
         make_files(out, split, n, args.scales)
@@ -200,11 +207,9 @@ def main() -> None:
     for c in args.scales:
         folder = out / "files" / "test" / f"scale_{c:g}"
         files = sorted(folder.glob("*.fits"))
-        runs = {"dwgf-map": []}
-        if c == 1.0:
-            runs["dwgf-scalar"] = None
-        for method in runs:
-            target = out / "runs" / method / f"scale_{c:g}"
+        methods = [m for m in args.methods if m == "dwgf-map" or c == 1.0]
+        for method in methods:
+            target = out / runs / method / f"scale_{c:g}"
             if method == "dwgf-map":
                 cli(files, target, [], args)
             else:
@@ -231,13 +236,14 @@ def main() -> None:
             "threads": args.threads,
         },
         "preset": args.preset,
+        "seed": args.seed,
         "richardson_lucy": {"chosen_iterations": rl_iter, "validation_psnr": rl_scores},
         "coverage_reference": coverage_reference(rows[0].get("n_samples", 4)),
         "rows": rows,
         "wall_s": time.time() - start,
     }
-    (out / "results.json").write_text(json.dumps(result, indent=1) + "\n")
-    (out / "results.md").write_text(markdown(result, args.scales))
+    (out / f"results{suffix}.json").write_text(json.dumps(result, indent=1) + "\n")
+    (out / f"results{suffix}.md").write_text(markdown(result, args.scales))
     print(markdown(result, args.scales))
 
 
@@ -253,7 +259,8 @@ def markdown(result: dict[str, Any], scales: list[float]) -> str:
         "",
         f"Run {result['date']}: `python {result['command']}` ({result['wall_s'] / 60:.0f} min; "
         f"{result['machine']['platform']}, torch {result['machine']['torch']}, "
-        f"{result['machine']['threads']} thread(s)). DWGF preset `{result['preset']}`; "
+        f"{result['machine']['threads']} thread(s)). DWGF preset `{result['preset']}`, seed "
+        f"{result['seed']}; "
         f"Richardson-Lucy {result['richardson_lucy']['chosen_iterations']} iterations (best "
         "mean PSNR on the validation files). See the script's docstring for the files.",
         "",
@@ -285,6 +292,7 @@ def markdown(result: dict[str, Any], scales: list[float]) -> str:
                 f"{own} | {limit} | {chi_map} | {cover} |"
             )
     dmap, dscalar, rl = sel("dwgf-map", 1.0), sel("dwgf-scalar", 1.0), sel("richardson-lucy", 1.0)
+    dscalar = dscalar or [{"psnr": math.nan}]
     within = all(r["chi2"] <= r["limit"] for r in sel("dwgf-map"))
     by_file: dict[str, list[float]] = {}
     for r in sel("dwgf-map"):

@@ -442,7 +442,7 @@ class LatentSolver(Reconstructor):
             )
         data_term.bind(y, self.particles)
         y = self.unmasked(y, data_term)
-        flux = choose_flux_scale(self.flux_scale, y, physics, data_term, self.prior, shape)
+        flux = choose_flux_scale(self.flux_scale, y, physics, data_term, self.prior, shape, dtype)
         if flux.factor != 1.0:
             y, data_term = y / flux.factor, data_term.scaled(flux.factor)
         flat = y.reshape(y.shape[0], -1)

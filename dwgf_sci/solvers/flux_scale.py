@@ -125,11 +125,18 @@ def _dot(a: Tensor, b: Tensor) -> Tensor:
 
 
 def flux_estimate(
-    y: Tensor, physics: LinearPhysics, data_term: DataTerm, shape: tuple[int, int, int]
+    y: Tensor,
+    physics: LinearPhysics,
+    data_term: DataTerm,
+    shape: tuple[int, int, int],
+    dtype: torch.dtype = torch.float32,
 ) -> tuple[Tensor, Tensor | None]:
-    """:math:`\\hat F(y)` per measurement (see the module doc) and its noise standard deviation
-    (None for the unweighted ``"mse"`` data term, which has no noise level)."""
-    dtype = torch.float64
+    r""":math:`\hat F(y)` per measurement (see the module doc) and its noise standard deviation
+    (None for the unweighted ``"mse"`` data term, which has no noise level), float64.
+
+    The operator runs in ``dtype`` (the solver's: a physics need not take float64); the weights
+    :math:`w` do not depend on ``y`` and the inner products are summed in float64, so
+    :math:`\hat F(c\,y) = c\,\hat F(y)` to float rounding."""
     ones = torch.ones((1, *shape), dtype=dtype, device=y.device)
     with torch.no_grad():
         a1 = physics.A(ones)
@@ -144,14 +151,16 @@ def flux_estimate(
 
         w = keep * conjugate_gradient(normal, rhs, max_iter=_CG_ITER, tol=_CG_TOL)
         u = physics.A_adjoint(w)
-        u = u.real if u.is_complex() else u
+        u = (u.real if u.is_complex() else u).double()
         norm = float(ones[0].numel()) / u.flatten(1).sum(1)
-        flux = norm * _dot(w.expand_as(y), y.to(w.dtype if w.is_complex() else dtype))
+        wide = torch.complex128 if (w.is_complex() or y.is_complex()) else torch.float64
+        w = w.to(wide).expand(y.shape[0], *w.shape[1:])
+        flux = norm * _dot(w, y.to(wide))
         if data_term.kind == "mse":
             return flux, None
-        var = data_term.variance(y.abs().to(dtype) if y.is_complex() else y.to(dtype))
+        var = data_term.variance(y.abs().double() if y.is_complex() else y.double())
         var = torch.where(torch.isfinite(var), var, 0.0)
-        noise = norm * (w.abs().pow(2).expand_as(var) * var).flatten(1).sum(1).sqrt()
+        noise = norm * (w.abs().pow(2) * var).flatten(1).sum(1).sqrt()
     return flux, noise
 
 
@@ -162,6 +171,7 @@ def choose_flux_scale(
     data_term: DataTerm,
     prior: Any,
     shape: tuple[int, int, int],
+    dtype: torch.dtype = torch.float32,
 ) -> FluxScale:
     """The :class:`FluxScale` of one call, warning (once, before any work) when the data lie
     outside the prior's training range whatever ``mode`` is; see the module doc."""
@@ -173,7 +183,7 @@ def choose_flux_scale(
     flux = noise = None
     if reference is not None:
         if isinstance(physics, LinearPhysics):
-            flux, noise = flux_estimate(y, physics, data_term, shape)
+            flux, noise = flux_estimate(y, physics, data_term, shape, dtype)
         else:
             why = "a non-linear physics: no flux estimate"
     estimate = [] if flux is None else [float(f) for f in flux]
