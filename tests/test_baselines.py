@@ -59,8 +59,8 @@ def test_shapes_calls_and_history(name):
     assert len(post.history) == 5 and {"data", "chi2", "t"} <= set(post.history[0])
     n = 2 * 3 * 5  # particles of all measurements x steps
     assert post.calls["unet"] == n
-    if name == "reddiff":  # no backward pass through the UNet: DWGF's cost structure
-        assert post.calls.get("unet_backward", 0) == 0
+    if name in ("reddiff", "pigdm"):  # no backward pass through the UNet (PiGDM: Gaussian
+        assert post.calls.get("unet_backward", 0) == 0  # approximation of Tweedie's Jacobian)
         assert post.calls["decoder_backward"] == n
     else:
         assert post.calls["unet_backward"] == n
@@ -91,7 +91,7 @@ def test_same_seed_same_samples_and_chunking(name):
 def test_pigdm_matches_the_gaussian_posterior():
     """For an N(0, I) prior ΠGDM's Gaussian approximation is exact: mean and variance match."""
     prior, physics, y, mean, cov = gaussian_problem()
-    post = PiGDM(prior, particles=1500, steps=200, seed=0)(y, physics)
+    post = PiGDM(prior, particles=1500, steps=200, seed=0, guidance_scale=1.0)(y, physics)
     mean_err, var_ratio = errors(post, mean, cov)
     assert mean_err < 0.08, mean_err  # Monte Carlo error ~ 1/sqrt(1500) = 0.026
     assert 0.88 < var_ratio < 1.08, var_ratio  # discretisation bias ~ -5% at 200 steps

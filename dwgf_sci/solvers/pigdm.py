@@ -2,14 +2,15 @@ r"""ΠGDM: pseudoinverse-guided diffusion (Song, Vahdat, Mardani & Kautz, ICLR 2
 
 ΠGDM approximates the denoising posterior by a Gaussian around Tweedie's estimate,
 :math:`p(z_0 \mid z_t) \approx \mathcal{N}(\hat z_0(z_t), r_t^2 I)`, so that for
-:math:`y = A x + \sigma n` with :math:`x = \mathrm{from\_model}(D(z_0))` and a decoder treated as
-locally isometric (model units; :math:`c` = the prior's ``data_scale``, physical per model unit)
+:math:`y = A x + \sigma n` with :math:`x = \mathrm{from\_model}(D(z_0))` and the image
+covariance :math:`r_t^2 J J^\top` (:math:`J` the Jacobian of :math:`z \mapsto x` at
+:math:`\hat z_0`) approximated by :math:`r_t^2\,\mathrm{diag}(c^2)` (see below)
 
 .. math::
 
     p(y \mid z_t) \approx \mathcal{N}\big(y;\; A\hat x_0,\; C_t\big), \qquad
     \hat x_0 = \mathrm{from\_model}(D(\hat z_0(z_t))), \qquad
-    C_t = c^2 r_t^2\, A A^\top + \sigma^2 I,
+    C_t = r_t^2\, A\,\mathrm{diag}(c^2) A^\top + \sigma^2 I,
 
 and the guidance is the gradient of its logarithm (:math:`C_t` held fixed),
 
@@ -24,6 +25,35 @@ a vector-Jacobian product through the decoder and the UNet (one backward pass ea
 is a :class:`~dwgf_sci.operators.matrix.MatrixOperator`, and by conjugate gradients with
 ``physics.A`` / ``physics.A_adjoint`` otherwise (deepinv's
 :func:`~deepinv.optim.utils.conjugate_gradient`, batched over particles).
+
+**Scale-free guidance** (the defaults). Two approximations make :math:`C_t` and :math:`g_t`
+follow the units of the problem and stay stable with a learned latent prior:
+
+* ``image_scale="decoder"``: the image covariance is
+  :math:`r_t^2\,\mathrm{diag}(\phi')\,J_D J_D^\top\mathrm{diag}(\phi')` with :math:`J_D` the
+  decoder's Jacobian and :math:`\phi'` the per-pixel slope of the prior's map ``from_model``
+  (its asinh stretch, or ``data_scale``); :math:`J_D J_D^\top` is replaced by the isotropic
+  :math:`\kappa I` with the same trace, :math:`\kappa = \mathrm{tr}(J_D J_D^\top)/n`, estimated
+  per particle and step by one finite-difference probe
+  :math:`(d/n)\,\|J_D u\|^2/\|u\|^2`, :math:`u \sim \mathcal{N}(0, I_d)` (one decoder forward
+  more; :math:`d`, :math:`n` the latent and image sizes). So
+  :math:`C_t = r_t^2 A\,\mathrm{diag}(\kappa\phi'^2) A^\top + \sigma^2 I`, applied by conjugate
+  gradients (exactly from the eigendecomposition when :math:`\phi'` is constant and the physics
+  is a :class:`~dwgf_sci.operators.matrix.MatrixOperator`). It carries the image's units:
+  multiplying :math:`y`, :math:`\sigma` and the image units (or the operator) by :math:`c`
+  leaves the guidance unchanged. ``image_scale="prior"`` uses :math:`c^2` = ``data_scale``
+  squared, as before; for the shipped galaxy prior, whose asinh stretch makes the slope of
+  bright pixels ~100x ``data_scale``, that under-states :math:`C_t` and the run diverges. A
+  prior that declares ``affine_decoder`` always uses ``data_scale`` (exact for an isometry).
+* ``jacobian="gaussian"``: :math:`\partial\hat z_0/\partial z_t` is taken as its value under the
+  same Gaussian approximation, :math:`a r_t^2/s^2` (exact for a Gaussian prior), instead of the
+  UNet's vector-Jacobian product (``"network"``), whose errors at high noise are amplified by
+  :math:`1/a` (~160 at the first step) and blew the first step up on both shipped priors. No
+  backward pass through the UNet.
+
+``guidance_scale`` :math:`\lambda = 1` is the ΠGDM score itself; with 50 steps on the shipped
+priors it overshoots on CT (the isotropic decoder approximation), and the default 0.3 damps it
+(``benchmarks/results/baseline_defaults.md``).
 
 The variance :math:`r_t^2`: the paper writes the VP process in its variance-exploding form
 :math:`z_t / \sqrt{\bar\alpha_t} = z_0 + \sigma_t \epsilon`, :math:`\sigma_t = s/a`, and uses
@@ -66,6 +96,7 @@ __all__ = ["PiGDM"]
 
 SOLVES = ("auto", "dense", "cg")
 IMAGE_SCALES = ("decoder", "prior")
+JACOBIANS = ("gaussian", "network")
 
 
 class PiGDM(GuidedDDIM):
@@ -76,7 +107,15 @@ class PiGDM(GuidedDDIM):
     from the physics unless ``noise_sigma`` is given. Per particle and step: one UNet forward and
     backward, one decoder forward and backward, and the solve with :math:`C_t`.
 
-    :param float guidance_scale: :math:`\lambda` (1: the ΠGDM likelihood score itself).
+    :param float guidance_scale: :math:`\lambda` (1: the ΠGDM likelihood score itself; default
+        0.3, see the module doc); dimensionless, scale-free with ``image_scale="decoder"``.
+    :param str image_scale: :math:`c^2` in :math:`C_t`: ``"decoder"`` (default: per pixel,
+        from the decoder's Jacobian and the slope of the prior's stretch at :math:`\hat z_0`,
+        see the module doc) or ``"prior"`` (the prior's ``data_scale`` squared).
+    :param str jacobian: :math:`\partial\hat z_0/\partial z_t` in the guidance:
+        ``"gaussian"`` (default: :math:`a r_t^2/s^2`, its value under ΠGDM's Gaussian
+        approximation; a backward pass through the decoder only) or ``"network"`` (the
+        vector-Jacobian product through the UNet, as the paper).
     :param float data_variance: :math:`v` in :math:`r_t^2 = v s^2 / (s^2 + v a^2)` (paper: 1).
     :param str solve: how :math:`C_t^{-1}` is applied: ``"auto"`` (dense for a
         :class:`~dwgf_sci.operators.matrix.MatrixOperator`, else CG), ``"dense"`` or ``"cg"``.
@@ -94,12 +133,13 @@ class PiGDM(GuidedDDIM):
         self,
         prior: LatentPrior,
         *,
-        guidance_scale: float = 1.0,
+        guidance_scale: float = 0.3,
         data_variance: float = 1.0,
         solve: str = "auto",
         cg_iters: int = 50,
         cg_tol: float = 1e-6,
         image_scale: str = "decoder",
+        jacobian: str = "gaussian",
         steps: int = 100,
         eta: float = 1.0,
         **kwargs: Any,
@@ -122,7 +162,10 @@ class PiGDM(GuidedDDIM):
         if image_scale not in IMAGE_SCALES:
             raise ConfigError(f"unknown image_scale {image_scale!r}; choose one of {IMAGE_SCALES}")
         super().__init__(prior, steps=steps, eta=eta, **kwargs)
+        if jacobian not in JACOBIANS:
+            raise ConfigError(f"unknown jacobian {jacobian!r}; choose one of {JACOBIANS}")
         self.image_scale = image_scale
+        self.jacobian = jacobian
         self.guidance_scale = float(guidance_scale)
         self.data_variance = float(data_variance)
         self.solve = solve
@@ -139,6 +182,7 @@ class PiGDM(GuidedDDIM):
             "cg_iters": self.cg_iters,
             "cg_tol": self.cg_tol,
             "image_scale": self.image_scale,
+            "jacobian": self.jacobian,
         }
 
     # ------------------------------------------------------------------ covariance solves
@@ -175,28 +219,35 @@ class PiGDM(GuidedDDIM):
         v = self.data_variance
         return v * s * s / (s * s + v * a * a)
 
-    def image_scale2(self, z0: Tensor, x: Tensor, problem: Problem, state: GuidedState) -> Tensor:
-        r""":math:`c_i^2` per particle: the image variance per unit of latent variance.
+    def image_weights(self, z0: Tensor, problem: Problem, state: GuidedState) -> Tensor:
+        r"""The image variance per unit of latent variance, per pixel, :math:`c^2`: shape
+        ``(n, 1, 1, 1)`` (one value) or ``(n, C, H, W)``.
 
         For an affine decoder (the prior declares ``affine_decoder``) or ``image_scale="prior"``
-        it is the prior's ``data_scale`` squared. Otherwise it is the trace-matched isotropic
-        approximation of :math:`J J^\top` at :math:`\hat z_0`, :math:`J` the Jacobian of
-        :math:`z \mapsto \mathrm{from\_model}(D(z))` (the decoder and the prior's stretch):
-        :math:`c^2 = \mathrm{tr}(J J^\top)/n \approx (d/n)\,\|J u\|^2/\|u\|^2`
-        for one probe :math:`u \sim \mathcal{N}(0, I_d)` (a finite difference: one decoder
-        forward more per particle and step); :math:`d`, :math:`n` the latent and image sizes.
-        It follows the image's units, so the guidance does not depend on them."""
-        c2 = torch.full((z0.shape[0],), float(self.prior.data_scale) ** 2, device=z0.device)
+        it is the prior's ``data_scale`` squared. Otherwise it is
+        :math:`\kappa\,\phi'(D(\hat z_0))^2`: the decoder's Jacobian :math:`J_D` replaced by
+        the isotropic one with the same trace, :math:`\kappa = \mathrm{tr}(J_D J_D^\top)/n
+        \approx (d/n)\,\|J_D u\|^2/\|u\|^2` for one probe :math:`u \sim \mathcal{N}(0, I_d)`
+        (a finite difference: one decoder forward more per particle and step; :math:`d`,
+        :math:`n` the latent and image sizes), times the squared slope of the prior's map
+        :math:`\phi` = ``from_model`` at each pixel (constant without a stretch). It carries
+        the image's units, so the guidance does not depend on them."""
+        n = z0.shape[0]
         if self.image_scale == "prior" or getattr(self.prior, "affine_decoder", False):
-            return c2.to(x.dtype)
+            c2 = float(self.prior.data_scale) ** 2
+            return torch.full((n, 1, 1, 1), c2, device=z0.device, dtype=problem.dtype)
+        x_model = state.extra["_x_model"].detach()
         gen = state.extra["probe_generator"]
         u = torch.randn(z0.shape, generator=gen, device=gen.device).to(z0)
         h = 1e-2
+        with torch.enable_grad():
+            xm = x_model.clone().requires_grad_(True)
+            (slope,) = torch.autograd.grad(self.prior.from_model(xm).sum(), xm)
         with torch.no_grad():
-            dx = (self.render(z0 + h * u) - x) / h
-        d, n = z0[0].numel(), x[0].numel()
-        ratio = dx.flatten(1).pow(2).sum(1) / u.flatten(1).pow(2).sum(1)
-        return (ratio * d / n).to(x.dtype)
+            dx = (self.prior.decode(z0 + h * u) - x_model) / h
+        d, pixels = z0[0].numel(), x_model[0].numel()
+        kappa = dx.flatten(1).pow(2).sum(1) / u.flatten(1).pow(2).sum(1) * d / pixels
+        return (kappa.reshape(-1, 1, 1, 1) * slope.pow(2)).to(problem.dtype)
 
     def solve_covariance(
         self,
@@ -205,45 +256,80 @@ class PiGDM(GuidedDDIM):
         s: float,
         problem: Problem,
         state: GuidedState,
-        scale2: Tensor | None = None,
+        weights: Tensor | None = None,
     ) -> Tensor:
         r""":math:`C_t^{-1} u` for a batch of measurement-space vectors ``u``, with
-        :math:`c^2` = ``scale2`` per row (default: the prior's ``data_scale`` squared)."""
+        :math:`C_t = r_t^2 A\,\mathrm{diag}(c^2) A^\top + \sigma^2 I` and :math:`c^2` =
+        ``weights`` (see :meth:`image_weights`; default the prior's ``data_scale`` squared)."""
         sigma2 = problem.data_term.sigma**2
-        if scale2 is None:
-            scale2 = torch.full((u.shape[0],), float(self.prior.data_scale) ** 2)
-        k = scale2.to(device=u.device, dtype=torch.float64) * self.r2(a, s)
-        if "eig" in state.extra:
+        if weights is None:
+            weights = torch.full((u.shape[0], 1, 1, 1), float(self.prior.data_scale) ** 2)
+        r2 = self.r2(a, s)
+        if "eig" in state.extra and weights[0].numel() == 1:
+            k = weights.reshape(-1, 1).to(device=u.device, dtype=torch.float64) * r2
             lam, vec = state.extra["eig"]
             flat = u.reshape(u.shape[0], -1).to(torch.float64)
-            coef = (flat @ vec) / (k[:, None] * lam + sigma2)
+            coef = (flat @ vec) / (k * lam + sigma2)
             return (coef @ vec.T).to(u.dtype).reshape(u.shape)
         physics = problem.physics
-        k = k.to(u.real.dtype).reshape(-1, *[1] * (u.ndim - 1))
+        # in noise units, C / sigma^2 and u / |u|: CG's absolute epsilon then sees the same
+        # numbers whatever the units of the problem
+        w = (r2 * weights / sigma2).to(device=u.device, dtype=u.real.dtype)
+        norm = u.abs().flatten(1).norm(dim=1).clamp_min(1e-30).reshape(-1, *[1] * (u.ndim - 1))
 
         def cov(v: Tensor) -> Tensor:
-            return k * physics.A(physics.A_adjoint(v)) + sigma2 * v
+            back = physics.A_adjoint(v)
+            back = back.real if torch.is_complex(back) and not torch.is_complex(v) else back
+            return physics.A(w * back) + v
 
-        return conjugate_gradient(cov, u, max_iter=self.cg_iters, tol=self.cg_tol, parallel_dim=0)
+        v = conjugate_gradient(
+            cov, u / norm, max_iter=self.cg_iters, tol=self.cg_tol, parallel_dim=0
+        )
+        return v * (norm / sigma2)
 
     # ------------------------------------------------------------------ guidance
+    def guided_noise(
+        self,
+        z_t: Tensor,
+        t: int,
+        a: float,
+        s: float,
+        rows: slice,
+        problem: Problem,
+        state: GuidedState,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        r"""With ``jacobian="gaussian"``: :math:`\partial\hat z_0/\partial z_t` replaced by its
+        value under the Gaussian approximation, :math:`a r_t^2 / s^2`, so the guidance is a
+        backward pass through the decoder only; else the network's (see the base class)."""
+        if self.jacobian == "network":
+            return super().guided_noise(z_t, t, a, s, rows, problem, state)
+        eps = self.predict_noise(z_t, t)
+        with torch.enable_grad():
+            z0 = ((z_t - s * eps) / a).detach().requires_grad_(True)
+            ax = problem.physics.A(self.render_for_guidance(z0, state))
+            loss = self.objective(ax, rows, a, s, problem, state)
+            (grad,) = torch.autograd.grad(loss.sum(), z0)
+        self.prior.calls["decoder_backward"] += z_t.shape[0]
+        return eps, grad.detach() * (a * self.r2(a, s) / (s * s)), ax.detach()
+
     def objective(
         self, ax: Tensor, rows: slice, a: float, s: float, problem: Problem, state: GuidedState
     ) -> Tensor:
         r""":math:`\langle \mathrm{sg}(C_t^{-1}(y - A\hat x_0)),\, A\hat x_0 \rangle` per particle;
         its gradient is :math:`g_t`."""
-        z0, x = state.extra.pop("_z0"), state.extra.pop("_x")
-        scale2 = self.image_scale2(z0.detach(), x.detach(), problem, state)
+        z0 = state.extra.pop("_z0")
+        weights = self.image_weights(z0.detach(), problem, state)
+        state.extra.pop("_x_model")
         with torch.no_grad():
-            v = self.solve_covariance(problem.y_rep[rows] - ax, a, s, problem, state, scale2)
+            v = self.solve_covariance(problem.y_rep[rows] - ax, a, s, problem, state, weights)
         prod = torch.conj(v) * ax if torch.is_complex(ax) else v * ax
         return prod.real.flatten(1).sum(1) if torch.is_complex(prod) else prod.flatten(1).sum(1)
 
     def render_for_guidance(self, z0: Tensor, state: GuidedState) -> Tensor:
         r"""Decode :math:`\hat z_0` and keep it and its image for :meth:`image_scale2`."""
-        x = self.render(z0)
-        state.extra["_z0"], state.extra["_x"] = z0, x
-        return x
+        x_model = self.prior.decode(z0)
+        state.extra["_z0"], state.extra["_x_model"] = z0, x_model
+        return self.prior.from_model(x_model)
 
     def coefficient(self, a: float, s: float, a_next: float, c2: float) -> float:
         r""":math:`\kappa_t = \lambda (a' s^2 / a - c_2 s)`: the guided score inside DDIM."""
