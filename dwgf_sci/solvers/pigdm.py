@@ -282,6 +282,20 @@ class PiGDM(GuidedDDIM):
             back = back.real if torch.is_complex(back) and not torch.is_complex(v) else back
             return physics.A(w * back) + v
 
+        if torch.is_complex(u):
+            # A^T of a real image is only real-linear on complex measurements: CG on the
+            # real and imaginary parts, with the real inner product the objective uses
+            def cov_real(v: Tensor) -> Tensor:
+                return torch.view_as_real(cov(torch.view_as_complex(v.contiguous())))
+
+            sol = conjugate_gradient(
+                cov_real,
+                torch.view_as_real(u / norm),
+                max_iter=self.cg_iters,
+                tol=self.cg_tol,
+                parallel_dim=0,
+            )
+            return torch.view_as_complex(sol.contiguous()) * (norm / sigma2)
         v = conjugate_gradient(
             cov, u / norm, max_iter=self.cg_iters, tol=self.cg_tol, parallel_dim=0
         )
