@@ -303,10 +303,10 @@ class LatentDPS(GuidedDDIM):
             raise ConfigError(f"unknown DPS loss {loss!r}; choose one of {DPS_LOSSES}")
         if not (math.isfinite(float(zeta)) and float(zeta) >= 0):
             raise ConfigError(f"zeta must be a finite number >= 0, found {zeta}")
-        self._auto_data_term = data_term is None
-        super().__init__(prior, steps=steps, eta=eta, data_term=data_term or "mse", **kwargs)
         if step_units not in STEP_UNITS:
             raise ConfigError(f"unknown step_units {step_units!r}; choose one of {STEP_UNITS}")
+        self._auto_data_term = data_term is None
+        super().__init__(prior, steps=steps, eta=eta, data_term=data_term or "mse", **kwargs)
         self.zeta = float(zeta)
         self.loss = loss
         self.step_units = step_units
