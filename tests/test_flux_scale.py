@@ -277,3 +277,17 @@ def test_the_cli_reconstructs_a_file_in_any_units(tmp_path, prior_dir, capsys):
                  str(tmp_path / "bad"), "--flux-scale", "-2"])  # fmt: skip
     err_text = capsys.readouterr().err
     assert code == 2 and "flux_scale must be" in err_text and "Traceback" not in err_text
+
+
+def test_a_larger_image_is_compared_per_area():
+    """A patch prior's image holds as much light per pixel as its training crops: the flux range
+    it is compared with grows with its area."""
+    images = torch.rand(20, 1, 8, 8) + 1.0
+    found = measure_intensity(images)
+    assert found.image_pixels == 64
+    big = found.per_area(4 * 64)
+    assert big.flux_median == pytest.approx(4 * found.flux_median)
+    assert big.flux_range[1] == pytest.approx(4 * found.flux_range[1])
+    assert found.per_area(64) is found
+    legacy = {k: v for k, v in found.to_dict().items() if k != "image_pixels"}
+    assert IntensityRange.from_dict(legacy).per_area(256).flux_median == found.flux_median

@@ -68,12 +68,15 @@ class IntensityRange:
     :param dict total_flux: ``{"0.05": ..., "0.5": ..., "0.95": ..., "min": ..., "max": ...}``.
     :param int n_images: how many images they summarise.
     :param str units: ``"relative"`` or ``"absolute"`` (see the module doc).
+    :param int image_pixels: pixels per training image (``H * W``): a patch prior compares an
+        image of another size with the fluxes scaled by the ratio of areas.
     """
 
     pixel: Mapping[str, float]
     total_flux: Mapping[str, float]
     n_images: int
     units: str = "relative"
+    image_pixels: int | None = None
 
     @property
     def flux_median(self) -> float:
@@ -89,6 +92,15 @@ class IntensityRange:
     def pixel_range(self) -> tuple[float, float]:
         """The 1% and 99.9% quantiles of the training pixels."""
         return float(self.pixel["0.01"]), float(self.pixel["0.999"])
+
+    def per_area(self, pixels: int) -> IntensityRange:
+        """The range for images of ``pixels`` pixels: total fluxes scaled by the ratio of areas
+        (a field of a patch prior holds as much light per pixel as its training crops)."""
+        if self.image_pixels is None or pixels == self.image_pixels:
+            return self
+        ratio = pixels / self.image_pixels
+        flux = {k: v * ratio for k, v in self.total_flux.items()}
+        return IntensityRange(self.pixel, flux, self.n_images, self.units, pixels)
 
     def describe(self) -> str:
         """One phrase: the flux range and the pixel range."""
@@ -106,6 +118,7 @@ class IntensityRange:
             "total_flux": dict(self.total_flux),
             "n_images": int(self.n_images),
             "units": self.units,
+            "image_pixels": self.image_pixels,
         }
 
     @classmethod
@@ -116,6 +129,8 @@ class IntensityRange:
             flux = {str(k): float(v) for k, v in data["total_flux"].items()}
             n = int(data["n_images"])
             units = str(data.get("units", "relative"))
+            pixels = data.get("image_pixels")
+            pixels = None if pixels is None else int(pixels)
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise ConfigError(f"the prior's intensity record is malformed: {exc}") from exc
         needed = [_key(q) for q in FLUX_QUANTILES] + ["0.01", "0.999"]
@@ -131,7 +146,7 @@ class IntensityRange:
                 f"the prior's training images have a median total flux of {flux['0.5']:g}; "
                 "a flux scale needs a positive one"
             )
-        return cls(pixel=pixel, total_flux=flux, n_images=n, units=units)
+        return cls(pixel=pixel, total_flux=flux, n_images=n, units=units, image_pixels=pixels)
 
 
 def measure_intensity(images: Tensor, units: str = "relative") -> IntensityRange:
@@ -157,7 +172,13 @@ def measure_intensity(images: Tensor, units: str = "relative") -> IntensityRange
     pixel.update(min=float(x.min()), max=float(x.max()))
     total = {_key(q): float(v) for q, v in zip(FLUX_QUANTILES, fq, strict=True)}
     total.update(min=float(flux.min()), max=float(flux.max()))
-    return IntensityRange(pixel=pixel, total_flux=total, n_images=int(x.shape[0]), units=units)
+    return IntensityRange(
+        pixel=pixel,
+        total_flux=total,
+        n_images=int(x.shape[0]),
+        units=units,
+        image_pixels=int(x.shape[-2] * x.shape[-1]),
+    )
 
 
 def training_intensity(prior: Any) -> IntensityRange | None:

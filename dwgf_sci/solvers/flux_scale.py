@@ -177,6 +177,8 @@ def choose_flux_scale(
     outside the prior's training range whatever ``mode`` is; see the module doc."""
     try:
         reference = training_intensity(prior)
+        if reference is not None:  # images of another size than the training images'
+            reference = reference.per_area(int(shape[-2] * shape[-1]))
         why = "the prior records no training intensity range"
     except ConfigError as exc:
         reference, why = None, str(exc)

@@ -1,0 +1,111 @@
+"""Patch prior (issue 22, item 1): a 32 px prior applied to a 128x96 image by shifted patches,
+with a tiled, blended autoencoder."""
+
+from __future__ import annotations
+
+import deepinv as dinv
+import pytest
+import torch
+
+from dwgf_sci.errors import ConfigError, OperatorMismatchError
+from dwgf_sci.priors.patches import PatchPrior
+from dwgf_sci.solvers import DWGF, LatentDPS
+
+SHAPE = (1, 128, 96)
+
+
+@pytest.fixture(scope="module")
+def patch_prior():
+    from dwgf_sci.priors.tiny import build_tiny_latent_prior
+
+    return PatchPrior(build_tiny_latent_prior(image_size=32, seed=0), patch_batch=7)
+
+
+def blur_problem(prior: PatchPrior):
+    g = torch.Generator().manual_seed(3)
+    z = torch.randn(1, *prior.latent_shape(SHAPE), generator=g)
+    with torch.no_grad():
+        x = prior.from_model(prior.decode(z))
+    physics = dinv.physics.BlurFFT(img_size=SHAPE, filter=dinv.physics.blur.gaussian_blur(1.0))
+    physics.noise_model = dinv.physics.GaussianNoise(0.01 * float(x.abs().max()))
+    return physics, physics(x), x
+
+
+def test_the_native_size_is_the_wrapped_prior(patch_prior):
+    base = patch_prior.base
+    z = torch.randn(2, 4, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(patch_prior.predict_noise(z, 10), base.predict_noise(z, 10))
+        assert torch.equal(patch_prior.decode(z), base.decode(z))
+        x = base.decode(z)
+        assert torch.equal(patch_prior.encode(x), base.encode(x))
+
+
+def test_patches_cover_the_image_and_respect_the_batch_bound(patch_prior, monkeypatch):
+    """Every latent pixel's prediction comes from a patch that contains it: on a latent whose
+    patches are copies of one native latent, placed on the level's own grid, the prediction is
+    the native prediction copied. And no UNet call sees more than ``patch_batch`` patches."""
+    base = patch_prior.base
+    sizes: list[int] = []
+    original = type(base)._predict_noise
+
+    def spy(self, z_t, t):
+        sizes.append(z_t.shape[0])
+        return original(self, z_t, t)
+
+    monkeypatch.setattr(type(base), "_predict_noise", spy)
+    t = 400
+    dy, dx = patch_prior.shift(t)
+    assert (dy, dx) != patch_prior.shift(t + 1) or patch_prior.shift(t + 2) != (dy, dx)
+    native = torch.randn(1, 4, 8, 8)
+    tiled = native.repeat(1, 1, 6, 5)  # 48x40 latent of copies of the native latent
+    # the level's grid starts at (-dy, -dx): cut the copies so that its patches are copies too
+    z = tiled[..., dy : dy + 32, dx : dx + 24]
+    with torch.no_grad():
+        eps = patch_prior.predict_noise(z, t)
+        ref = base.predict_noise(native, t)
+    assert max(sizes) <= patch_prior.patch_batch and sum(sizes) >= 12
+    inner = eps[..., 8 - dy : 16 - dy, 8 - dx : 16 - dx]  # the grid's second patch each way
+    torch.testing.assert_close(inner, ref, rtol=1e-5, atol=1e-6)
+    # ... while an unshifted grid would have cut other patches there
+    other = torch.roll(z, shifts=(1, 1), dims=(-2, -1))
+    with torch.no_grad():
+        moved = patch_prior.predict_noise(other, t)[..., 9 - dy : 17 - dy, 9 - dx : 17 - dx]
+    assert not torch.allclose(moved, ref, rtol=1e-3, atol=1e-3)
+
+
+def test_the_tiled_decoder_has_no_seam_and_agrees_inside_a_tile(patch_prior):
+    base = patch_prior.base
+    z = torch.randn(1, 4, 8, 16)
+    with torch.no_grad():
+        full = patch_prior.decode(z)
+        left = base.decode(z[..., :8])
+    # outside the overlap the left tile's pixels are that tile's own decoding
+    assert torch.equal(full[..., :24], left[..., :24])
+    assert tuple(full.shape) == (1, 1, 32, 64)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        pytest.param(lambda p, **k: DWGF(p, "fast", steps=4, particles=2, **k), id="dwgf-fast"),
+        pytest.param(lambda p, **k: LatentDPS(p, steps=4, particles=2, **k), id="latent-dps"),
+    ],
+)
+def test_solvers_reconstruct_a_large_image_independently_of_max_batch(make, patch_prior):
+    physics, y, _ = blur_problem(patch_prior)
+    a = make(patch_prior)(y, physics)
+    b = make(patch_prior, max_batch=1)(y, physics)
+    assert tuple(a.samples.shape) == (2, *SHAPE)  # the samples of the one measurement
+    assert torch.isfinite(a.samples).all()
+    # the same patch grids whatever the chunking; the UNet's batches differ (last-bit rounding)
+    torch.testing.assert_close(a.samples, b.samples, rtol=1e-4, atol=1e-5)
+
+
+def test_bad_sizes_are_refused(patch_prior):
+    from dwgf_sci.priors.tiny import build_tiny_latent_prior
+
+    with pytest.raises(OperatorMismatchError, match="smaller than the patches"):
+        patch_prior.latent_shape((1, 16, 64))
+    with pytest.raises(ConfigError, match="overlap"):
+        PatchPrior(build_tiny_latent_prior(image_size=32), overlap=8)
