@@ -471,3 +471,33 @@ def test_per_image_psnr_ranges_are_per_image_and_a_constant_image_uses_one():
     want = 10 * np.log10(np.array([2.0, 1.0, 10.0]) ** 2 / 0.01)
     np.testing.assert_allclose(got, want, rtol=1e-12)
     assert per_image_psnr(ref, ref).tolist() == [math.inf] * 3
+
+
+def test_a_patch_prior_trains_on_crops_of_fields_and_models_any_size(tmp_path):
+    """``--dataset fields --patch-size``: random crops of whole fields (validation crops from
+    other fields), a prior of the crops' size that PatchPrior applies to a larger image."""
+    from dwgf_sci.priors.intensity import training_intensity
+    from dwgf_sci.priors.patches import PatchPrior
+    from dwgf_sci.training.data import random_crops
+
+    data = load_training_data(dataset="fields", n=5, size=64, data_seed=2, val=1, patch_size=16,
+                              crops_per_image=3)  # fmt: skip
+    assert data.train.shape == (12, 1, 16, 16) and data.val.shape == (3, 1, 16, 16)
+    assert data.source["image_shape"] == [1, 64, 64] and data.source["n_train_crops"] == 12
+    fields = torch.arange(2 * 40 * 40, dtype=torch.float32).reshape(2, 1, 40, 40)
+    crops = random_crops(fields, 16, 3, seed=0)
+    assert torch.equal(crops, random_crops(fields, 16, 3, seed=0))
+    assert all(float(c.min()) >= (0 if i < 3 else 1600) for i, c in enumerate(crops))
+    with pytest.raises(ConfigError, match="smaller than --patch-size"):
+        load_training_data(dataset="fields", n=3, size=16, patch_size=24)
+    out = tmp_path / "patch-prior"
+    train_prior(_config(out, dataset="fields", n=5, size=64, val=1, patch_size=16,
+                        crops_per_image=3))  # fmt: skip
+    prior = load_prior(str(out), device="cpu")
+    assert prior.image_size == (16, 16)
+    assert training_intensity(prior).image_pixels == 256
+    wide = PatchPrior(prior)
+    assert wide.latent_shape((1, 48, 32)) == (2, 24, 16)  # downsampling 2
+    with torch.no_grad():
+        eps = wide.predict_noise(torch.randn(1, 2, 24, 16), 500)
+    assert eps.shape == (1, 2, 24, 16) and torch.isfinite(eps).all()

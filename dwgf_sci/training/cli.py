@@ -103,8 +103,8 @@ def add_train_prior_arguments(p: argparse.ArgumentParser) -> None:
     data.add_argument(
         "--dataset",
         default=None,
-        choices=("galaxies", "phantoms"),
-        help="generate galsim galaxies or CT phantoms on the fly (deterministic)",
+        choices=("galaxies", "phantoms", "fields"),
+        help="generate galsim galaxies, survey fields or CT phantoms on the fly (deterministic)",
     )
     data.add_argument(
         "--n",
@@ -126,6 +126,19 @@ def add_train_prior_arguments(p: argparse.ArgumentParser) -> None:
         type=int,
         default=None,
         help="validation images, the last ones (default: 10%%, at most 200, at least 1)",
+    )
+    data.add_argument(
+        "--patch-size",
+        type=int,
+        default=None,
+        metavar="P",
+        help="train a patch prior (for images of any size) on random PxP crops of the images",
+    )
+    data.add_argument(
+        "--crops-per-image",
+        type=int,
+        default=None,
+        help="random crops per image with --patch-size" + _show("crops_per_image"),
     )
     data.add_argument(
         "--augment",

@@ -25,11 +25,15 @@ class TrainConfig:
 
     :param data: HDF5 file, folder of FITS files or glob (exclusive with ``dataset``).
     :param str data_key: dataset name in the HDF5 file.
-    :param dataset: ``"galaxies"`` or ``"phantoms"``: generate ``n`` images of side ``size``.
+    :param dataset: ``"galaxies"``, ``"phantoms"`` or ``"fields"``: generate ``n`` images of side
+        ``size``.
     :param int n: images to generate (training + validation).
     :param int size: side of generated images.
     :param int data_seed: seed of the generated images.
     :param val: validation images (the last ones); default 10 %, at most 200, at least 1.
+    :param patch_size: train a patch prior on random square crops of this side of the images
+        (validation images cropped apart), for :class:`~dwgf_sci.priors.patches.PatchPrior`.
+    :param int crops_per_image: crops per image with ``patch_size``.
 
     **Output**
 
@@ -110,6 +114,8 @@ class TrainConfig:
     size: int = 64
     data_seed: int = 0
     val: int | None = None
+    patch_size: int | None = None
+    crops_per_image: int = 8
     out: str = "prior"
     overwrite: bool = False
     resume: bool = False
@@ -183,12 +189,20 @@ class TrainConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ConfigError(f"{name} must be a non-negative integer, found {value!r}")
-        for name in ("unet_batch_size", "warmup_steps", "val", "threads"):
+        for name in ("unet_batch_size", "warmup_steps", "val", "threads", "patch_size"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
                 raise ConfigError(f"{name} must be an integer or None, found {value!r}")
         if self.unet_batch_size is not None and self.unet_batch_size < 1:
             raise ConfigError(f"unet_batch_size must be >= 1, found {self.unet_batch_size}")
+        if self.patch_size is not None and self.patch_size < 8:
+            raise ConfigError(f"patch_size must be >= 8, found {self.patch_size}")
+        if (
+            isinstance(self.crops_per_image, bool)
+            or not isinstance(self.crops_per_image, int)
+            or (self.crops_per_image < 1)
+        ):
+            raise ConfigError(f"crops_per_image must be >= 1, found {self.crops_per_image!r}")
         if self.threads is not None and self.threads < 1:
             raise ConfigError(f"threads must be >= 1, found {self.threads}")
         if self.warmup_steps is not None and self.warmup_steps < 0:

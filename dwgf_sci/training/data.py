@@ -33,7 +33,7 @@ from ..errors import ConfigError, FileFormatError, InvalidDataError, ShapeError
 __all__ = ["DATASETS", "TrainingData", "default_val_count", "load_training_data"]
 
 #: Names accepted by ``dataset=``.
-DATASETS = ("galaxies", "phantoms")
+DATASETS = ("galaxies", "phantoms", "fields")
 _HDF5_SUFFIXES = (".h5", ".hdf5", ".he5", ".hdf")
 
 
@@ -71,10 +71,12 @@ def default_val_count(n: int) -> int:
 
 
 def _generate(dataset: str, n: int, size: int, seed: int) -> Tensor:
-    from ..datasets import GalaxyDataset, PhantomDataset
+    from ..datasets import FieldDataset, GalaxyDataset, PhantomDataset
 
     if dataset == "galaxies":
         ds: Any = GalaxyDataset(n, size=size, seed=seed)
+    elif dataset == "fields":
+        ds = FieldDataset(n, size=size, seed=seed)
     else:
         ds = PhantomDataset(n, size=size, seed=seed)
     return torch.stack([ds[i] for i in range(len(ds))])
@@ -146,6 +148,8 @@ def load_training_data(
     data_seed: int = 0,
     val: int | None = None,
     multiple: int = 1,
+    patch_size: int | None = None,
+    crops_per_image: int = 8,
 ) -> TrainingData:
     """Load (or generate), check and split the training images.
 
@@ -157,6 +161,10 @@ def load_training_data(
     :param int data_seed: seed of the generated dataset.
     :param int val: validation images (the last ones); default :func:`default_val_count`.
     :param int multiple: image sides must be multiples of it.
+    :param int patch_size: train a patch prior: the images (any size at least this) are split
+        into training and validation images first, then each gives ``crops_per_image`` random
+        square crops of this side (a multiple of ``multiple``; seeded by ``data_seed``).
+    :param int crops_per_image: crops per image with ``patch_size``.
     :raises ConfigError: neither or both sources, unknown dataset, bad counts.
     :raises FileFormatError: a missing or unreadable file.
     :raises ShapeError: wrong dimensions, mixed shapes, sizes that do not fit.
@@ -199,7 +207,9 @@ def load_training_data(
                 "or a glob pattern)"
             )
         what = f"training data {text}"
-    _check_images(x, what, multiple)
+    if patch_size is not None:
+        _check_patches(x, int(patch_size), int(crops_per_image), multiple)
+    _check_images(x, what, 1 if patch_size is not None else multiple)
     count = int(x.shape[0])
     n_val = default_val_count(count) if val is None else int(val)
     if not 1 <= n_val < count:
@@ -210,8 +220,51 @@ def load_training_data(
     source.update(
         {"n_images": count, "n_train": count - n_val, "n_val": n_val, "shape": list(x.shape[1:])}
     )
-    train = x[: count - n_val].contiguous()
-    return TrainingData(train=train, val=x[count - n_val :].contiguous(), source=source)
+    train, held = x[: count - n_val].contiguous(), x[count - n_val :].contiguous()
+    if patch_size is not None:
+        size, k = int(patch_size), int(crops_per_image)
+        train = random_crops(train, size, k, seed=int(data_seed))
+        held = random_crops(held, size, k, seed=int(data_seed) + 1)
+        source.update(
+            {
+                "patch_size": size,
+                "crops_per_image": k,
+                "image_shape": list(x.shape[1:]),
+                "shape": list(train.shape[1:]),
+                "n_train_crops": int(train.shape[0]),
+                "n_val_crops": int(held.shape[0]),
+            }
+        )
+    return TrainingData(train=train, val=held, source=source)
+
+
+def _check_patches(x: Tensor, size: int, k: int, multiple: int) -> None:
+    if size < 8 or size % multiple:
+        raise ConfigError(
+            f"--patch-size {size} must be >= 8 and a multiple of {multiple} (the total "
+            "downsampling of the VAE and UNet)"
+        )
+    if k < 1:
+        raise ConfigError(f"--crops-per-image must be >= 1, found {k}")
+    if x.ndim == 4 and min(x.shape[-2:]) < size:
+        raise ConfigError(
+            f"the images ({x.shape[-2]}x{x.shape[-1]}) are smaller than --patch-size {size}"
+        )
+
+
+def random_crops(x: Tensor, size: int, per_image: int, seed: int = 0) -> Tensor:
+    """``per_image`` random ``size`` x ``size`` crops of each image of ``x`` ``(N, C, H, W)``,
+    image by image (uniform positions; a function of ``seed`` and the images only)."""
+    gen = torch.Generator().manual_seed(seed)
+    h, w = x.shape[-2:]
+    ys = torch.randint(0, h - size + 1, (x.shape[0], per_image), generator=gen)
+    xs = torch.randint(0, w - size + 1, (x.shape[0], per_image), generator=gen)
+    crops = [
+        x[i, :, int(ys[i, j]) : int(ys[i, j]) + size, int(xs[i, j]) : int(xs[i, j]) + size]
+        for i in range(x.shape[0])
+        for j in range(per_image)
+    ]
+    return torch.stack(crops).contiguous()
 
 
 def describe_source(source: dict[str, Any]) -> str:

@@ -341,7 +341,10 @@ def finish_run(
         seed=config.seed,
     )
     if config.eval_samples > 0:
-        kind = data.kind or "generic"
+        # centred-object statistics only for whole generated stamps, not crops or fields
+        kind = data.kind if data.kind in ("galaxies", "phantoms") else "generic"
+        if data.source.get("patch_size"):
+            kind = "generic"
         if data.image_shape[0] == 1:
             metrics["ks"] = ks_statistics(samples[: config.eval_samples], val, kind)
     log(

@@ -184,6 +184,8 @@ def train_prior(
             data_seed=config.data_seed,
             val=config.val,
             multiple=multiple,
+            patch_size=config.patch_size,
+            crops_per_image=config.crops_per_image,
         )
         _prepare_out(config, ctx)
         fingerprint = data_fingerprint(torch.cat([data.train, data.val]))
