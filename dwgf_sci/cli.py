@@ -151,6 +151,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="Gaussian noise std (default: from the operator spec)",
     )
     rec.add_argument(
+        "--patches",
+        action="store_true",
+        help="images larger than the prior: apply it by shifted patches (automatic for a prior "
+        "trained with --patch-size)",
+    )
+    rec.add_argument(
         "--flux-scale",
         default="auto",
         metavar="auto|off|S",
@@ -175,7 +181,9 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="torch.compile the networks (slow first calls; faster afterwards on CUDA)",
     )
-    _add_read_options(rec)
+    from .pipelines.read_cli import add_read_options
+
+    add_read_options(rec)
     rec.add_argument("--out", required=True, help="output folder")
     rec.add_argument(
         "--format",
@@ -202,80 +210,6 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_prior_parser(sub)
     _add_benchmark_parser(sub)
     return parser
-
-
-def _add_read_options(p: argparse.ArgumentParser) -> None:
-    """Options of ``reconstruct`` saying how to read a survey file (default: recognise it)."""
-    g = p.add_argument_group(
-        "observation files",
-        "Without these options the FITS layout is recognised (SCI/ERR/DQ, SCI/WHT, "
-        "IMAGE/MASK/VARIANCE, an IVAR extension, else the first image HDU) and printed. NaN "
-        "science pixels are masked; the output then holds MASK and VARIANCE.",
-    )
-    g.add_argument(
-        "--hdu", default=None, metavar="NAME|INDEX", help="FITS HDU of the image (NAME,VER too)"
-    )
-    g.add_argument("--key", default=None, help="HDF5 dataset of the image (default: y, else x)")
-    g.add_argument(
-        "--noise-map",
-        default=None,
-        metavar="HDU|KEY",
-        help="HDU (FITS) or dataset (HDF5) of the per-pixel noise map; 'none': use none",
-    )
-    g.add_argument(
-        "--noise-map-kind",
-        default=None,
-        choices=("sigma", "variance", "ivar", "weight"),
-        help="convention of the noise map (default: from its name: ERR sigma, VARIANCE, IVAR, WHT)",
-    )
-    g.add_argument(
-        "--weight-scale",
-        type=float,
-        default=1.0,
-        help="variance of a pixel of weight 1 for a weight map (default: 1)",
-    )
-    g.add_argument(
-        "--dq", default=None, metavar="HDU|KEY", help="data-quality bit plane or mask; 'none'"
-    )
-    g.add_argument(
-        "--dq-bits",
-        default=None,
-        metavar="B1,B2,...",
-        help="flag values of bad pixels, e.g. 1,2,4 (default: any non-zero value)",
-    )
-    g.add_argument(
-        "--nan",
-        default="mask",
-        choices=("mask", "error"),
-        help="NaN science pixels: mask them (default) or refuse the file",
-    )
-
-
-def _hdu_option(value: str | None) -> int | str | tuple[str, int] | None:
-    """An HDU given on the command line: an index if it is an integer, ``NAME,VER`` as an
-    ``(EXTNAME, EXTVER)`` pair, else a name."""
-    if value is None:
-        return None
-    text = value.strip()
-    if text.lstrip("-").isdigit():
-        return int(text)
-    name, _, ver = text.rpartition(",")
-    return (name.strip(), int(ver)) if name and ver.strip().isdigit() else text
-
-
-def _read_options(args: argparse.Namespace):
-    from .io.survey import ReadOptions
-
-    return ReadOptions(
-        hdu=_hdu_option(args.hdu),
-        key=args.key,
-        noise_map=_hdu_option(args.noise_map),
-        noise_map_kind=args.noise_map_kind,
-        weight_scale=args.weight_scale,
-        dq=_hdu_option(args.dq),
-        dq_bits=args.dq_bits,
-        nan=args.nan,
-    )
 
 
 def _add_train_prior_parser(sub: argparse._SubParsersAction) -> None:
@@ -381,7 +315,9 @@ def _reconstruct(args: argparse.Namespace) -> int:
     from .pipelines.batch import BatchRunner, plan_batch
     from .pipelines.distributed import batch_comm
     from .pipelines.manifest import read_input_list
+    from .pipelines.read_cli import read_options
     from .priors import load_prior
+    from .priors.patches import as_patch_prior
     from .solvers import DWGF
     from .solvers.flux_scale import check_flux_scale
 
@@ -397,7 +333,7 @@ def _reconstruct(args: argparse.Namespace) -> int:
     )
     check_output_folder(args.out, [item.name for item in items])  # before any work
     spec = _spec(args)
-    read = _read_options(args)
+    read = read_options(args)
     options = {
         "seed": args.seed,
         "progress": not args.quiet,
@@ -410,7 +346,9 @@ def _reconstruct(args: argparse.Namespace) -> int:
     if args.steps is not None:
         options["steps"] = args.steps
     with batch_comm(args.device) as comm:
-        prior = load_prior(args.prior, device=comm.device, dtype=args.dtype)
+        prior = as_patch_prior(
+            load_prior(args.prior, device=comm.device, dtype=args.dtype), args.patches
+        )
         _speed_up(prior, channels_last=args.channels_last, compile_networks=args.compile)
         solver = DWGF(prior, preset=args.preset, **options)
         runner = BatchRunner(

@@ -109,3 +109,29 @@ def test_bad_sizes_are_refused(patch_prior):
         patch_prior.latent_shape((1, 16, 64))
     with pytest.raises(ConfigError, match="overlap"):
         PatchPrior(build_tiny_latent_prior(image_size=32), overlap=8)
+
+
+def test_the_cli_applies_a_stamp_prior_by_patches_when_asked(tmp_path, prior_dir, capsys):
+    """A 64x48 file and the 32 px tiny prior: refused with a message naming --patches, then
+    reconstructed with it (mean, std and samples of the file's size)."""
+    import numpy as np
+    from astropy.io import fits
+
+    from dwgf_sci.cli import main
+    from dwgf_sci.priors.patches import as_patch_prior, trained_on_crops
+
+    rng = np.random.default_rng(0)
+    path = tmp_path / "wide.fits"
+    fits.PrimaryHDU((rng.random((64, 48)) * 0.5 + 0.25).astype(np.float32)).writeto(path)
+    argv = ["reconstruct", str(path), "--prior", str(prior_dir), "--operator", "psf"]
+    argv += ["--set", "fwhm=2", "--steps", "2", "--particles", "2", "--quiet", "--threads", "1"]
+    assert main([*argv, "--out", str(tmp_path / "a")]) == 2
+    assert "--patches" in capsys.readouterr().err
+    assert main([*argv, "--out", str(tmp_path / "b"), "--patches", "--preset", "fast"]) == 0
+    with fits.open(tmp_path / "b" / "wide_posterior.fits") as hdul:
+        assert hdul[0].data.shape[-2:] == (64, 48) and hdul["SAMPLES"].data.shape[0] == 2
+    from dwgf_sci.priors import load_prior
+
+    stamp = load_prior(str(prior_dir))
+    assert not trained_on_crops(stamp) and as_patch_prior(stamp) is stamp
+    assert isinstance(as_patch_prior(stamp, patches=True), PatchPrior)

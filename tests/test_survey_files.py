@@ -376,7 +376,7 @@ def test_the_cli_reads_a_survey_file_once(tmp_path, prior_dir, capsys, fits_open
 
 
 def test_hdu_options_on_the_command_line() -> None:
-    from dwgf_sci.cli import _hdu_option
+    from dwgf_sci.pipelines.read_cli import hdu_option as _hdu_option
 
     assert _hdu_option("1") == 1 and _hdu_option("-1") == -1 and _hdu_option(None) is None
     assert _hdu_option("SCI") == "SCI" and _hdu_option("SCI,2") == ("SCI", 2)

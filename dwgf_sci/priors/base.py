@@ -158,8 +158,9 @@ class LatentPrior(nn.Module):
         if self.image_size is not None and (h, w) != self.image_size:
             raise OperatorMismatchError(
                 f"the prior models {self.image_size[0]}x{self.image_size[1]} images, "
-                f"the operator expects {h}x{w}: cut the image to that size (astropy's "
-                "Cutout2D keeps the WCS) or train a prior at your size (dwgf-sci train-prior)"
+                f"the operator expects {h}x{w}: apply it by shifted patches (reconstruct "
+                "--patches; PatchPrior(prior) in Python), cut the image to that size (astropy's "
+                "Cutout2D keeps the WCS) or train a prior on your images (train-prior)"
             )
         f = self.downsample
         if h % f or w % f:

@@ -34,7 +34,7 @@ from torch import Tensor
 from ..errors import ConfigError, OperatorMismatchError
 from .base import LatentPrior
 
-__all__ = ["PatchPrior"]
+__all__ = ["PatchPrior", "as_patch_prior", "trained_on_crops"]
 
 
 def _starts(size: int, tile: int, overlap: int) -> list[int]:
@@ -221,3 +221,18 @@ class PatchPrior(LatentPrior):
             f"PatchPrior({type(self.base).__name__} patches {self.patch[0] * f}x"
             f"{self.patch[1] * f} px, overlap {self.overlap * f} px, seed {self.seed})"
         )
+
+
+def trained_on_crops(prior: LatentPrior) -> bool:
+    """Whether ``prior`` was trained on random crops of larger images (``train-prior
+    --patch-size``): a patch prior, meant for images of any size."""
+    data = (getattr(prior, "metadata", None) or {}).get("data") or {}
+    return bool(isinstance(data, dict) and data.get("patch_size"))
+
+
+def as_patch_prior(prior: LatentPrior, patches: bool = False) -> LatentPrior:
+    """``prior`` wrapped in :class:`PatchPrior` when asked (``patches``) or when it was trained
+    on crops; as it is otherwise (and when it models any size already)."""
+    if isinstance(prior, PatchPrior) or prior.image_size is None:
+        return prior
+    return PatchPrior(prior) if patches or trained_on_crops(prior) else prior
