@@ -293,8 +293,9 @@ def write_report(out: Path, args: argparse.Namespace) -> None:
     ]
     if missing:
         lines += ["", "Not measured (yet): " + "; ".join(missing) + "."]
-    if exploration.exists():
-        lines += ["", exploration.read_text().strip()]
+    for extra in (out.parent / "notes.md", exploration):  # hand-written, dated notes
+        if extra.exists():
+            lines += ["", extra.read_text().strip()]
     REPORT.write_text("\n".join(lines) + "\n")
 
 

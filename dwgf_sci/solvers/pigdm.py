@@ -51,9 +51,11 @@ follow the units of the problem and stay stable with a learned latent prior:
   :math:`1/a` (~160 at the first step) and blew the first step up on both shipped priors. No
   backward pass through the UNet.
 
-``guidance_scale`` :math:`\lambda = 1` is the ΠGDM score itself; with 50 steps on the shipped
-priors it overshoots on CT (the isotropic decoder approximation), and the default 0.3 damps it
-(``benchmarks/results/baseline_defaults.md``).
+``guidance_scale`` :math:`\lambda = 1` is the ΠGDM score itself. With 50 steps on the shipped
+priors it is the best value on the galaxy tasks but overshoots on CT, where 0.1-0.3 is best (the
+isotropic decoder approximation); the default 0.3 is a compromise that is not within 1 dB of the
+tuned value on every benchmark task (``benchmarks/results/baseline_defaults.md``): unlike the
+other baselines' steps, PiGDM's guidance scale still depends on the problem class.
 
 The variance :math:`r_t^2`: the paper writes the VP process in its variance-exploding form
 :math:`z_t / \sqrt{\bar\alpha_t} = z_0 + \sigma_t \epsilon`, :math:`\sigma_t = s/a`, and uses
