@@ -26,7 +26,15 @@ from torch import Tensor
 
 from .errors import InvalidDataError, ShapeError
 
-__all__ = ["coverage", "coverage_reference", "data_range", "psnr", "sliced_wasserstein", "ssim"]
+__all__ = [
+    "coverage",
+    "coverage_reference",
+    "data_range",
+    "psnr",
+    "seam_ratio",
+    "sliced_wasserstein",
+    "ssim",
+]
 
 
 def _as_sample_set(x: Tensor, name: str) -> Tensor:
@@ -211,3 +219,31 @@ def coverage_reference(n_samples: int, level: float = 0.9) -> float:
         t = torch.randn(1, m, generator=gen, dtype=torch.float64)
         inside += coverage(s[:, None, None, :], t, level) * m
     return inside / draws
+
+
+def seam_ratio(image: Tensor, grid: int = 64, offset: tuple[int, int] = (0, 0)) -> float:
+    r"""How much a fixed tile grid shows in an image: the mean absolute gradient across the grid's
+    lines over that across every other pixel boundary.
+
+    With :math:`g` the absolute differences between neighbouring pixels, the ratio is the mean
+    of :math:`g` over the boundaries that lie on the lines of a ``grid``-pixel grid (starting at
+    ``offset``, ``(y, x)``) divided by its mean over all other boundaries. Stitched tiles whose
+    borders do not match raise it above 1; an image with no seam gives about 1 (for content
+    unrelated to the grid).
+
+    :param image: ``(..., H, W)``; leading dimensions are pooled.
+    :param int grid: tile side in pixels.
+    :param offset: where the grid's first lines lie.
+    """
+    if image.ndim < 2 or min(image.shape[-2:]) <= grid:
+        raise ShapeError(f"seam_ratio needs an image larger than the grid ({grid} px)")
+    x = image.detach().double()
+    gy = (x[..., 1:, :] - x[..., :-1, :]).abs()  # boundary between rows i and i + 1
+    gx = (x[..., :, 1:] - x[..., :, :-1]).abs()
+    on_y = torch.zeros(gy.shape[-2], dtype=torch.bool)
+    on_y[(offset[0] - 1) % grid :: grid] = True
+    on_x = torch.zeros(gx.shape[-1], dtype=torch.bool)
+    on_x[(offset[1] - 1) % grid :: grid] = True
+    on = torch.cat([gy[..., on_y, :].flatten(), gx[..., :, on_x].flatten()])
+    off = torch.cat([gy[..., ~on_y, :].flatten(), gx[..., :, ~on_x].flatten()])
+    return float(on.mean() / off.mean().clamp_min(1e-300))

@@ -135,3 +135,15 @@ def test_the_cli_applies_a_stamp_prior_by_patches_when_asked(tmp_path, prior_dir
     stamp = load_prior(str(prior_dir))
     assert not trained_on_crops(stamp) and as_patch_prior(stamp) is stamp
     assert isinstance(as_patch_prior(stamp, patches=True), PatchPrior)
+
+
+def test_the_seam_ratio_sees_stitched_tiles_and_not_a_smooth_image():
+    from dwgf_sci.metrics import seam_ratio
+
+    g = torch.Generator().manual_seed(0)
+    smooth = torch.nn.functional.avg_pool2d(torch.rand(1, 1, 132, 132, generator=g), 5, 1)
+    assert abs(seam_ratio(smooth, grid=32) - 1.0) < 0.1
+    stitched = smooth.clone()
+    stitched[..., 32:64, :] += 0.1  # a tile row offset by a constant: a seam on two lines
+    assert seam_ratio(stitched, grid=32) > 1.4
+    assert abs(seam_ratio(stitched, grid=32, offset=(7, 7)) - 1.0) < 0.1
