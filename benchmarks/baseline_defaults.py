@@ -55,7 +55,7 @@ PARAM = {
     "psld": "zeta",
     "resample": "zeta",
     "reddiff": "lr",
-    "pigdm": "guidance_scale",
+    "pigdm": "zeta",
 }
 
 

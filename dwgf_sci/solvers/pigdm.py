@@ -51,11 +51,25 @@ follow the units of the problem and stay stable with a learned latent prior:
   :math:`1/a` (~160 at the first step) and blew the first step up on both shipped priors. No
   backward pass through the UNet.
 
-``guidance_scale`` :math:`\lambda = 1` is the ΠGDM score itself. With 50 steps on the shipped
-priors it is the best value on the galaxy tasks but overshoots on CT, where 0.1-0.3 is best (the
-isotropic decoder approximation); the default 0.3 is a compromise that is not within 1 dB of the
-tuned value on every benchmark task (``benchmarks/results/baseline_defaults.md``): unlike the
-other baselines' steps, PiGDM's guidance scale still depends on the problem class.
+**Capped guidance** (``zeta``, the default 1). ``guidance_scale`` :math:`\lambda = 1` is the
+ΠGDM score itself; with a fixed :math:`\lambda` and 50 steps on the shipped priors the best value
+was ~1 on the galaxy tasks and 0.1-0.3 on CT, where 1 overshoots. So the scale is capped per
+particle and step, as Polyak caps a gradient step: with
+:math:`\varphi = \tfrac12 r^\top C_t^{-1} r` (:math:`r = y - A\hat x_0`), whose value at the
+truth is :math:`m/2` under ΠGDM's approximation (:math:`m` measurements), the update's linearised
+decrease of :math:`\varphi` is at most :math:`\zeta(\varphi - m/2)_+`:
+
+.. math::
+
+    \lambda_i = \min\Big(\lambda,\;
+        \frac{\zeta\,(\varphi_i - m/2)_+\; s^2 a'}{\kappa_1\, a\, r_t^2\, \|h_i\|^2}\Big),
+
+with :math:`h_i = \nabla_{\hat z_0}` of the objective (the guidance is
+:math:`g = (a r_t^2/s^2)\,h`), :math:`\kappa_1` the update's factor at :math:`\lambda = 1`, and
+a step :math:`\kappa g` in :math:`z_{t'}` moving the next :math:`\hat z_0` by about
+:math:`\kappa g / a'`. Dimensionless and scale-free as :math:`\varphi` is; ``zeta=None`` gives
+the constant :math:`\lambda` (the exact ΠGDM sampler for a Gaussian prior). Measured default
+against tuned: ``benchmarks/results/baseline_defaults.md``.
 
 The variance :math:`r_t^2`: the paper writes the VP process in its variance-exploding form
 :math:`z_t / \sqrt{\bar\alpha_t} = z_0 + \sigma_t \epsilon`, :math:`\sigma_t = s/a`, and uses
@@ -109,8 +123,12 @@ class PiGDM(GuidedDDIM):
     from the physics unless ``noise_sigma`` is given. Per particle and step: one UNet forward and
     backward, one decoder forward and backward, and the solve with :math:`C_t`.
 
-    :param float guidance_scale: :math:`\lambda` (1: the ΠGDM likelihood score itself; default
-        0.3, see the module doc); dimensionless, scale-free with ``image_scale="decoder"``.
+    :param float guidance_scale: :math:`\lambda`, the largest guidance (1, the default: the
+        ΠGDM likelihood score itself); dimensionless, scale-free with
+        ``image_scale="decoder"``.
+    :param zeta: the cap of the guidance per particle and step (default 1: the linearised data
+        fit may move at most all the way to the noise level; see the module doc); ``None``: the
+        constant ``guidance_scale``.
     :param str image_scale: :math:`c^2` in :math:`C_t`: ``"decoder"`` (default: per pixel,
         from the decoder's Jacobian and the slope of the prior's stretch at :math:`\hat z_0`,
         see the module doc) or ``"prior"`` (the prior's ``data_scale`` squared).
@@ -135,7 +153,8 @@ class PiGDM(GuidedDDIM):
         self,
         prior: LatentPrior,
         *,
-        guidance_scale: float = 0.3,
+        guidance_scale: float = 1.0,
+        zeta: float | None = 1.0,
         data_variance: float = 1.0,
         solve: str = "auto",
         cg_iters: int = 50,
@@ -155,6 +174,8 @@ class PiGDM(GuidedDDIM):
             raise ConfigError(
                 f"guidance_scale must be a finite number >= 0, found {guidance_scale}"
             )
+        if zeta is not None and not (math.isfinite(float(zeta)) and float(zeta) > 0):
+            raise ConfigError(f"zeta must be a positive number or None, found {zeta}")
         if not float(data_variance) > 0:
             raise ConfigError(f"data_variance must be positive, found {data_variance}")
         if solve not in SOLVES:
@@ -169,6 +190,8 @@ class PiGDM(GuidedDDIM):
         self.image_scale = image_scale
         self.jacobian = jacobian
         self.guidance_scale = float(guidance_scale)
+        self.zeta = None if zeta is None else float(zeta)
+        self._ddim: tuple[float, float, float, float] | None = None
         self.data_variance = float(data_variance)
         self.solve = solve
         self.cg_iters = int(cg_iters)
@@ -179,6 +202,7 @@ class PiGDM(GuidedDDIM):
         return {
             **super().settings(),
             "guidance_scale": self.guidance_scale,
+            "zeta": self.zeta,
             "data_variance": self.data_variance,
             "solve": self.solve,
             "cg_iters": self.cg_iters,
@@ -326,7 +350,42 @@ class PiGDM(GuidedDDIM):
             loss = self.objective(ax, rows, a, s, problem, state)
             (grad,) = torch.autograd.grad(loss.sum(), z0)
         self.prior.calls["decoder_backward"] += z_t.shape[0]
-        return eps, grad.detach() * (a * self.r2(a, s) / (s * s)), ax.detach()
+        grad = grad.detach()
+        factor = self.capped_scale(grad, ax.detach(), rows, a, s, problem, state)
+        return eps, grad * factor * (a * self.r2(a, s) / (s * s)), ax.detach()
+
+    def capped_scale(
+        self,
+        h: Tensor,
+        ax: Tensor,
+        rows: slice,
+        a: float,
+        s: float,
+        problem: Problem,
+        state: GuidedState,
+    ) -> Tensor:
+        r"""Per particle :math:`\lambda_i / \lambda` (see ``zeta``): the guidance scale capped
+        so that the linearised decrease of :math:`\varphi = \tfrac12 r^\top C_t^{-1} r` is at
+        most :math:`\zeta` times its excess over :math:`m/2`, its value at the truth under
+        ΠGDM's approximation. ``h`` is :math:`\nabla_{\hat z_0}` of the objective; a step
+        :math:`\kappa g` in :math:`z_{t'}` moves the next :math:`\hat z_0` by about
+        :math:`\kappa g / a'`, so the decrease at scale 1 is
+        :math:`\kappa_1 a r_t^2 \|h\|^2 / (s^2 a')`."""
+        phi = state.extra.pop("_phi", None)
+        ones = torch.ones(h.shape[0], dtype=h.dtype, device=h.device)
+        if self.zeta is None or phi is None or self._ddim is None or self.guidance_scale == 0:
+            return ones.reshape(-1, *[1] * (h.ndim - 1))
+        _, _, a_next, c2 = self._ddim
+        k1 = a_next * s * s / a - c2 * s
+        m = problem.data_term.rows(rows).informative(ax).to(h.dtype)
+        excess = (phi.to(h.dtype) - 0.5 * m).clamp_min(0.0)
+        decrease = k1 * a * self.r2(a, s) / (s * s * a_next) * h.flatten(1).pow(2).sum(1)
+        lam = torch.where(
+            decrease > 0, self.zeta * excess / decrease.clamp_min(1e-30), self.guidance_scale
+        )
+        return (lam.clamp(max=self.guidance_scale) / self.guidance_scale).reshape(
+            -1, *[1] * (h.ndim - 1)
+        )
 
     def objective(
         self, ax: Tensor, rows: slice, a: float, s: float, problem: Problem, state: GuidedState
@@ -338,6 +397,9 @@ class PiGDM(GuidedDDIM):
         state.extra.pop("_x_model")
         with torch.no_grad():
             v = self.solve_covariance(problem.y_rep[rows] - ax, a, s, problem, state, weights)
+        resid = problem.y_rep[rows] - ax.detach()
+        quad = (torch.conj(resid) * v).real if torch.is_complex(v) else resid * v
+        state.extra["_phi"] = 0.5 * quad.flatten(1).sum(1)
         prod = torch.conj(v) * ax if torch.is_complex(ax) else v * ax
         return prod.real.flatten(1).sum(1) if torch.is_complex(prod) else prod.flatten(1).sum(1)
 
@@ -349,4 +411,5 @@ class PiGDM(GuidedDDIM):
 
     def coefficient(self, a: float, s: float, a_next: float, c2: float) -> float:
         r""":math:`\kappa_t = \lambda (a' s^2 / a - c_2 s)`: the guided score inside DDIM."""
+        self._ddim = (a, s, a_next, c2)
         return self.guidance_scale * (a_next * s * s / a - c2 * s)
