@@ -164,9 +164,9 @@ def test_a_constant_map_is_the_scalar_data_term():
     torch.testing.assert_close(mapped.variance(ax), scalar.variance(ax))
 
 
-@pytest.mark.parametrize("name", ["dps", "psld", "reddiff", "reference"])
+@pytest.mark.parametrize("name", ["dps", "psld", "resample", "reddiff", "reference"])
 def test_baselines_ignore_masked_pixels(name, tiny_latent_prior, tiny_blur_problem):
-    from dwgf_sci.solvers import PSLD, REDDiff
+    from dwgf_sci.solvers import PSLD, REDDiff, ReSample
 
     physics, y = tiny_blur_problem
     var = torch.full(y.shape[1:], float(physics.noise_model.sigma) ** 2)
@@ -175,6 +175,9 @@ def test_baselines_ignore_masked_pixels(name, tiny_latent_prior, tiny_blur_probl
     make = {
         "dps": lambda p: LatentDPS(p, particles=2, steps=4, seed=0, zeta=0.1),
         "psld": lambda p: PSLD(p, particles=2, steps=4, seed=0, zeta=0.1),
+        "resample": lambda p: ReSample(
+            p, particles=2, steps=6, seed=0, pixel_iters=5, latent_iters=3, every=1
+        ),
         "reddiff": lambda p: REDDiff(p, steps=4, seed=0),
         "reference": lambda p: DWGF.reference(p, particles=2, steps=4, seed=0),
     }[name]
@@ -189,11 +192,11 @@ def test_baselines_ignore_masked_pixels(name, tiny_latent_prior, tiny_blur_probl
 
 def test_solvers_without_noise_maps_say_so(tiny_latent_prior, tiny_blur_problem):
     from dwgf_sci.errors import ConfigError
-    from dwgf_sci.solvers import PiGDM, ReSample
+    from dwgf_sci.solvers import PiGDM
 
     physics, y = tiny_blur_problem
     physics.noise_model = PixelNoise(torch.full(y.shape[1:], 1e-4))
-    for solver in (PiGDM(tiny_latent_prior, steps=2), ReSample(tiny_latent_prior, steps=2)):
+    for solver in (PiGDM(tiny_latent_prior, steps=2),):
         tiny_latent_prior.reset_calls()
         with pytest.raises(ConfigError, match="noise map"):
             solver(y, physics)

@@ -411,7 +411,7 @@ class LatentSolver(Reconstructor):
         if data_term.variance_map is not None and not self.supports_noise_map:
             raise ConfigError(
                 f"{type(self).__name__} does not take a per-pixel noise map yet; use DWGF, "
-                "LatentDPS, PSLD or REDDiff, or give one noise_sigma"
+                "LatentDPS, PSLD, ReSample or REDDiff, or give one noise_sigma"
             )
         device = self.prior.device
         dtype = (

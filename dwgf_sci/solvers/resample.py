@@ -87,8 +87,6 @@ class ReSample(LatentDPS):
     """
 
     name: ClassVar[str] = "resample"
-    #: one noise level is built into its data step (a per-pixel map is refused)
-    supports_noise_map: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -155,17 +153,26 @@ class ReSample(LatentDPS):
         """Early-stopping level of the mean squared residual."""
         if self.tol is not None:
             return self.tol
-        sigma = problem.data_term.sigma
+        term = problem.data_term
+        if term.variance_map is not None:  # the harmonic mean of the informative variances
+            inv = 1.0 / term.variance_like(problem.y)
+            return float((inv.flatten(1).sum(1) / term.informative(problem.y)).reciprocal().max())
+        sigma = term.sigma
         if sigma is None:
             return 0.0
         level = float(sigma.max()) if torch.is_tensor(sigma) else float(sigma)
         return level**2 if level > 0 else 0.0
 
     def residual(self, x_model: Tensor, rows: slice, problem: Problem) -> Tensor:
-        """Mean squared residual per particle of a model-unit image."""
+        """Mean squared residual per particle of a model-unit image; with a noise map, weighted
+        by the inverse variances relative to their mean, masked pixels left out."""
         ax = problem.physics.A(self.prior.from_model(x_model))
-        r = problem.y_rep[rows] - ax
-        return r.abs().pow(2).flatten(1).mean(1)
+        r2 = (problem.y_rep[rows] - ax).abs().pow(2)
+        term = problem.data_term.rows(rows)
+        if term.variance_map is not None:
+            weighted = (r2 * term.relative_weights(ax)).flatten(1).sum(1)
+            return weighted / term.informative(ax).clamp_min(1)
+        return r2.flatten(1).mean(1)
 
     def optimise(self, var: Tensor, rows: slice, problem: Problem, latent: bool) -> Tensor:
         """Adam on ``var`` (latents or model-unit images) until the residual is small."""
