@@ -15,7 +15,7 @@ import argparse
 
 from dwgf_sci.priors.folders import read_prior_config
 from dwgf_sci.priors.intensity import intensity_units, record_intensity
-from dwgf_sci.training.data import load_training_data
+from dwgf_sci.training.data import regenerate
 
 
 def main() -> None:
@@ -24,13 +24,7 @@ def main() -> None:
     args = ap.parse_args()
     for folder in args.folders:
         data = read_prior_config(folder)["metadata"]["data"]
-        images = load_training_data(
-            dataset=data["dataset"],
-            n=data["n"],
-            size=data["size"],
-            data_seed=data["data_seed"],
-            val=data["n_val"],
-        )
+        images = regenerate(data)
         found = record_intensity(folder, images.train, intensity_units(data["dataset"]))
         print(f"{folder}: {found.describe()}, {found.units} units")
 

@@ -128,15 +128,9 @@ def test_tiny_run_saves_a_loadable_prior(trained):
     assert record["config"]["seed"] == 0 and prior.metadata["trained"] is True
     # the training images' intensity range, which flux_scale="auto" compares data with
     from dwgf_sci.priors.intensity import measure_intensity, training_intensity
+    from dwgf_sci.training.data import regenerate
 
-    src = record["data"]
-    data = load_training_data(
-        dataset=src["dataset"],
-        n=src["n"],
-        size=src["size"],
-        data_seed=src["data_seed"],
-        val=src["n_val"],
-    )
+    data = regenerate(record["data"])
     assert training_intensity(prior) == measure_intensity(data.train, "absolute")  # phantoms
 
 

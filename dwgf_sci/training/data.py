@@ -30,7 +30,13 @@ from torch import Tensor
 
 from ..errors import ConfigError, FileFormatError, InvalidDataError, ShapeError
 
-__all__ = ["DATASETS", "TrainingData", "default_val_count", "load_training_data"]
+__all__ = [
+    "DATASETS",
+    "TrainingData",
+    "default_val_count",
+    "load_training_data",
+    "regenerate",
+]
 
 #: Names accepted by ``dataset=``.
 DATASETS = ("galaxies", "phantoms", "fields")
@@ -265,6 +271,23 @@ def random_crops(x: Tensor, size: int, per_image: int, seed: int = 0) -> Tensor:
         for j in range(per_image)
     ]
     return torch.stack(crops).contiguous()
+
+
+def regenerate(source: dict[str, Any]) -> TrainingData:
+    """The training data of a generated dataset again, from its recorded
+    :attr:`TrainingData.source` (a prior's ``metadata["data"]``): same images, same split, same
+    crops."""
+    if "dataset" not in source:
+        raise ConfigError("only generated datasets can be regenerated; this one came from files")
+    return load_training_data(
+        dataset=source["dataset"],
+        n=source["n"],
+        size=source["size"],
+        data_seed=source["data_seed"],
+        val=source["n_val"],
+        patch_size=source.get("patch_size"),
+        crops_per_image=source.get("crops_per_image", 8),
+    )
 
 
 def describe_source(source: dict[str, Any]) -> str:
