@@ -147,3 +147,35 @@ def test_final_step_and_retry_are_steps_of_the_loop(tiny_latent_prior, tiny_blur
     assert post.fit["reduced_chi2"].shape == (2,)
     assert bool(post.fit["reduced_chi2"][1] > post.fit["limit"][1])
     assert math.isfinite(float(post.fit["reduced_chi2"][0]))
+
+
+def test_the_exact_draw_does_not_depend_on_the_eigenbasis(monkeypatch):
+    """J^T J has a null space (4 latents, 2 measurements), inside which LAPACK may return any
+    orthonormal basis, and every eigenvector only up to its sign: the exact step's draw goes
+    through the symmetric square root, so another basis gives the same samples (the same seed
+    gives the same draw on every machine)."""
+    from dwgf_sci.solvers.dwgf import exact
+
+    g = torch.Generator().manual_seed(0)
+    prior = GaussianMixturePrior(torch.tensor([0.4, 0.6]), torch.randn(2, 4, generator=g), 0.5)
+    physics = MatrixOperator(torch.randn(2, 4, generator=g), img_size=(4, 1, 1))
+    physics.set_noise_model(dinv.physics.GaussianNoise(0.2))
+    y = torch.randn(2, 2, generator=g)
+
+    def run():
+        return DWGF(prior, particles=8, steps=6, seed=1, likelihood_step="exact")(y, physics)
+
+    plain = run().samples
+    eigh = torch.linalg.eigh
+
+    def other_basis(mat):
+        lam, q = eigh(mat)
+        c, s = math.cos(0.7), math.sin(0.7)
+        rot = torch.eye(q.shape[-1], dtype=q.dtype)
+        rot[:2, :2] = torch.tensor([[c, -s], [s, c]], dtype=q.dtype)  # the null space
+        return lam, q @ rot * torch.tensor([1.0, 1.0, -1.0, -1.0], dtype=q.dtype)
+
+    monkeypatch.setattr(exact.torch.linalg, "eigh", other_basis)
+    rotated = run().samples
+    torch.testing.assert_close(rotated, plain, rtol=1e-5, atol=1e-5)
+    # (before the symmetric square root, measured: this rotation moved the samples by O(1))

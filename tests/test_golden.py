@@ -5,11 +5,16 @@ samples (and posterior mean, and final latents) with the ones stored in
 ``tests/golden/dwgf.safetensors``. They must be bit-identical (``torch.equal``): a refactoring of
 the solver that changes one random draw or one operation's order shows up here.
 
-Floating-point sums depend on the SIMD kernels torch picks for the processor. The file records
-the torch version and CPU capability it was made with; on the same pair the check is exact. On
-another pair the same code may legitimately round differently in the last bit, and the chains
-amplify that, so the check is then a relative tolerance of 1e-3 on the samples, and the test
-says which pair it compared against (re-record on the new pair to get the exact check back).
+Floating-point sums depend on the SIMD kernels torch picks and on the processor's BLAS and
+LAPACK paths. The file records the machine it was made on (torch version, CPU capability, CPU
+vendor, family and model); there the check is exact. On another machine the same code may
+legitimately round differently in the last bit and the chains amplify that, so the check is
+then the relative error of each tensor (Frobenius norm) within 1e-3: measured 2026-12-07 between
+torch's AVX512, AVX2 and DEFAULT kernels on one machine (``ATEN_CPU_CAPABILITY``), at most
+3.2e-4 (the latent RTO cases). The cases in :data:`MACHINE_EXACT` are compared on the recording
+machine only and skipped elsewhere, saying so: their resampling or line search turns a last-bit
+difference into another draw (0.02-0.35 relative between those kernels). Re-record on the new
+machine to get the exact check back.
 
 Re-record (only after a deliberate change of behaviour, naming the case in the commit)::
 
@@ -38,8 +43,17 @@ RECORD = os.environ.get("DWGF_GOLDEN_RECORD") == "1"
 
 
 def fingerprint() -> str:
-    """torch version and the CPU kernels it dispatches to."""
-    return f"torch={torch.__version__} cpu={torch.backends.cpu.get_cpu_capability()}"
+    """torch version, the CPU kernels it dispatches to, and the processor."""
+    cpu = {}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() in ("vendor_id", "cpu family", "model") and key.strip() not in cpu:
+                cpu[key.strip()] = value.strip()
+    except OSError:
+        pass
+    proc = "/".join(cpu.get(k, "?") for k in ("vendor_id", "cpu family", "model"))
+    return f"torch={torch.__version__} cpu={torch.backends.cpu.get_cpu_capability()} {proc}"
 
 
 def mixture_problem():
@@ -156,6 +170,11 @@ CASES: dict[str, tuple[str, Callable]] = {
 }
 
 
+#: Cases whose samples another machine's rounding legitimately changes beyond the tolerance
+#: (SMC resampling after the image step, MALA sweeps with the Laplacian correction).
+MACHINE_EXACT = {"mix-fast", "mix-smc-image", "mix-smc-mala-previous-sweeps-laplacian"}
+
+
 def run_case(name: str, tiny_prior) -> dict[str, torch.Tensor]:
     kind, factory = CASES[name]
     if kind == "mix":
@@ -204,16 +223,23 @@ def test_golden_samples(name, golden, tiny_latent_prior):
     stored, recorded_on = golden
     keys = sorted(k.split("/", 1)[1] for k in stored if k.startswith(f"{name}/"))
     assert keys == sorted(got), (name, keys, sorted(got))
+    exact = recorded_on == fingerprint()
     for key in keys:
         want, have = stored[f"{name}/{key}"], got[key]
         assert torch.isfinite(have).all(), (name, key)
-        if recorded_on == fingerprint():
+        if exact:
             assert torch.equal(have, want), (
                 f"{name}/{key} differs from the golden samples (max abs diff "
                 f"{float((have - want).abs().max()):.3e})"
             )
-        else:  # another CPU kernel or torch release: last-bit rounding differs
-            torch.testing.assert_close(
-                have, want, rtol=1e-3, atol=1e-5,
-                msg=f"{name}/{key}: recorded on {recorded_on}, compared on {fingerprint()}",
-            )  # fmt: skip
+        elif name not in MACHINE_EXACT:  # another machine: last-bit rounding differs
+            err = float((have - want).double().norm() / want.double().norm().clamp_min(1e-30))
+            assert err < 1e-3, (
+                f"{name}/{key}: relative error {err:.2e} against the samples recorded on "
+                f"{recorded_on}, compared on {fingerprint()}"
+            )
+    if not exact and name in MACHINE_EXACT:
+        pytest.skip(
+            f"{name} is compared on the machine it was recorded on only ({recorded_on}; this "
+            f"is {fingerprint()}): its resampling amplifies last-bit rounding"
+        )

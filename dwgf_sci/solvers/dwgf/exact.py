@@ -10,7 +10,12 @@ draw exact and free of network calls:
 .. math::
 
     u = Q\Big(\frac{Q^\top(\lambda_0 v_c + J^\top(y - c)/\sigma^2)}{\lambda_0 + \Lambda}
-        + \frac{\xi}{\sqrt{\lambda_0 + \Lambda}}\Big).
+        + \frac{Q^\top\xi}{\sqrt{\lambda_0 + \Lambda}}\Big), \qquad \xi \sim \mathcal{N}(0, I).
+
+The noise goes through the symmetric square root :math:`Q(\lambda_0 + \Lambda)^{-1/2}Q^\top` of
+the covariance (:math:`Q^\top\xi` has the law of :math:`\xi`), which, unlike :math:`Q` alone,
+does not depend on the basis LAPACK picks inside a repeated eigenvalue (the null space of
+:math:`J`, for one): the same seed gives the same draw on every machine, up to rounding.
 """
 
 from __future__ import annotations
@@ -90,11 +95,12 @@ class ExactStep(LikelihoodStep):
             prec = (prec0 + g["lam"])[:, None]  # (B, 1, dim)
             rhs = (v.to(torch.float64) * prec0 + jty).reshape(b, p, -1)
             coef = torch.bmm(rhs, q) / prec
-            out = torch.bmm(coef + noise.reshape(b, p, -1) / prec.sqrt(), q.transpose(1, 2))
+            white = torch.bmm(noise.reshape(b, p, -1), q) / prec.sqrt()
+            out = torch.bmm(coef + white, q.transpose(1, 2))
             return out.reshape(v.shape).to(v.dtype)
         prec = prec0 + g["lam"]
         coef = (v.to(torch.float64) * prec0 + jty) @ g["Q"] / prec
-        return ((coef + noise / prec.sqrt()) @ g["Q"].T).to(v.dtype)
+        return ((coef + noise @ g["Q"] / prec.sqrt()) @ g["Q"].T).to(v.dtype)
 
     def misfit(self, state: ParticleState, problem: Problem) -> dict[str, float]:
         """Data term and reduced chi-square from :math:`A(D(u)) = J u + c`."""
