@@ -371,10 +371,6 @@ class LatentSolver(Reconstructor):
             "cannot infer the image size from the physics or the prior; pass img_size=(C, H, W)"
         )
 
-    #: Whether the solver weighs a per-pixel noise map (:class:`~dwgf_sci.operators.pixel_noise.
-    #: PixelNoise`); one that does not refuses such a physics before any work.
-    supports_noise_map: ClassVar[bool] = True
-
     def resolve_data_term(self, physics: Physics) -> DataTerm:
         """The data term bound to ``physics`` (its noise level or map)."""
         return self.data_term.resolve(physics)
@@ -408,11 +404,6 @@ class LatentSolver(Reconstructor):
                 f"{type(physics).__name__}"
             )
         data_term = self.resolve_data_term(physics)
-        if data_term.variance_map is not None and not self.supports_noise_map:
-            raise ConfigError(
-                f"{type(self).__name__} does not take a per-pixel noise map yet; use DWGF, "
-                "LatentDPS, PSLD, ReSample or REDDiff, or give one noise_sigma"
-            )
         device = self.prior.device
         dtype = (
             torch.float32

@@ -10,9 +10,11 @@ covariance :math:`r_t^2 J J^\top` (:math:`J` the Jacobian of :math:`z \mapsto x`
 
     p(y \mid z_t) \approx \mathcal{N}\big(y;\; A\hat x_0,\; C_t\big), \qquad
     \hat x_0 = \mathrm{from\_model}(D(\hat z_0(z_t))), \qquad
-    C_t = r_t^2\, A\,\mathrm{diag}(c^2) A^\top + \sigma^2 I,
+    C_t = r_t^2\, A\,\mathrm{diag}(c^2) A^\top + \Sigma,
 
-and the guidance is the gradient of its logarithm (:math:`C_t` held fixed),
+with :math:`\Sigma = \sigma^2 I`, or :math:`\mathrm{diag}(v)` for a per-pixel noise map
+(:class:`~dwgf_sci.operators.pixel_noise.PixelNoise`; masked pixels, :math:`v = \infty`, get no
+weight), and the guidance is the gradient of its logarithm (:math:`C_t` held fixed),
 
 .. math::
 
@@ -119,9 +121,10 @@ class PiGDM(GuidedDDIM):
     r"""Pseudoinverse-guided diffusion model sampler on latents (see the module doc).
 
     ``PiGDM(prior)(y, physics)`` returns a :class:`~dwgf_sci.solvers.posterior.Posterior`.
-    Needs a linear physics (``A`` and ``A_adjoint``) with Gaussian noise; the noise level is read
-    from the physics unless ``noise_sigma`` is given. Per particle and step: one UNet forward and
-    backward, one decoder forward and backward, and the solve with :math:`C_t`.
+    Needs a linear physics (``A`` and ``A_adjoint``) with Gaussian noise: one level, read from
+    the physics unless ``noise_sigma`` is given, or a per-pixel noise map. Per particle and
+    step: one UNet forward and backward, one decoder forward and backward, and the solve with
+    :math:`C_t`.
 
     :param float guidance_scale: :math:`\lambda`, the largest guidance (1, the default: the
         ΠGDM likelihood score itself); dimensionless, scale-free with
@@ -146,8 +149,6 @@ class PiGDM(GuidedDDIM):
     """
 
     name: ClassVar[str] = "pigdm"
-    #: one noise level is built into its data step (a per-pixel map is refused)
-    supports_noise_map: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -236,8 +237,9 @@ class PiGDM(GuidedDDIM):
         physics = problem.physics
         if self.solve != "cg" and isinstance(physics, MatrixOperator):
             mat = physics.matrix.to(device=problem.device, dtype=torch.float64)
-            lam, vec = torch.linalg.eigh(mat @ mat.T)
-            state.extra["eig"] = (lam.clamp_min(0.0), vec)
+            gram = mat @ mat.T
+            lam, vec = torch.linalg.eigh(gram)
+            state.extra["eig"], state.extra["gram"] = (lam.clamp_min(0.0), vec), gram
         return state
 
     def r2(self, a: float, s: float) -> float:
@@ -283,14 +285,30 @@ class PiGDM(GuidedDDIM):
         problem: Problem,
         state: GuidedState,
         weights: Tensor | None = None,
+        rows: slice = slice(None),
     ) -> Tensor:
-        r""":math:`C_t^{-1} u` for a batch of measurement-space vectors ``u``, with
-        :math:`C_t = r_t^2 A\,\mathrm{diag}(c^2) A^\top + \sigma^2 I` and :math:`c^2` =
-        ``weights`` (see :meth:`image_weights`; default the prior's ``data_scale`` squared)."""
-        sigma2 = problem.data_term.sigma**2
+        r""":math:`C_t^{-1} u` for a batch of measurement-space vectors ``u`` (the particle
+        ``rows``), with :math:`C_t = r_t^2 A\,\mathrm{diag}(c^2) A^\top + \Sigma` and
+        :math:`c^2` = ``weights`` (see :meth:`image_weights`; default the prior's
+        ``data_scale`` squared). :math:`\Sigma = \sigma^2 I`, or with a per-pixel noise map
+        :math:`\Sigma = \mathrm{diag}(v)`, applied in whitened form with the precisions
+        :math:`w = 1/v` (0 at masked pixels, :math:`v = \infty`):
+
+        .. math::
+
+            C_t^{-1} = W^{1/2}\big(W^{1/2} K W^{1/2} + I\big)^{-1} W^{1/2}, \qquad
+            K = r_t^2 A\,\mathrm{diag}(c^2) A^\top,
+
+        exact where :math:`v` is finite and its limit where a pixel is masked: that pixel's
+        residual gets no weight."""
         if weights is None:
             weights = torch.full((u.shape[0], 1, 1, 1), float(self.prior.data_scale) ** 2)
         r2 = self.r2(a, s)
+        term = problem.data_term
+        if term.variance_map is not None:
+            var = term.rows(rows).variance_like(u)
+            return self._solve_whitened(u, r2, weights, var, problem, state)
+        sigma2 = term.sigma**2
         if "eig" in state.extra and weights[0].numel() == 1:
             k = weights.reshape(-1, 1).to(device=u.device, dtype=torch.float64) * r2
             lam, vec = state.extra["eig"]
@@ -326,6 +344,42 @@ class PiGDM(GuidedDDIM):
             cov, u / norm, max_iter=self.cg_iters, tol=self.cg_tol, parallel_dim=0
         )
         return v * (norm / sigma2)
+
+    def _solve_whitened(
+        self,
+        u: Tensor,
+        r2: float,
+        weights: Tensor,
+        var: Tensor,
+        problem: Problem,
+        state: GuidedState,
+    ) -> Tensor:
+        r""":math:`C_t^{-1} u` with a per-pixel variance ``var`` (rows of ``u``; ``inf`` at
+        masked pixels) in the whitened form of :meth:`solve_covariance`: by one dense solve per
+        row where the matrix is at hand (:math:`c^2` one value per row), else by conjugate
+        gradients on the dimensionless :math:`W^{1/2} K W^{1/2} + I`."""
+        root = torch.where(torch.isfinite(var), var.rsqrt(), torch.zeros_like(var))
+        if "gram" in state.extra and weights[0].numel() == 1:
+            n = u.shape[0]
+            k = weights.reshape(n, 1, 1).to(device=u.device, dtype=torch.float64) * r2
+            sw = root.reshape(n, -1).to(torch.float64)
+            mat = k * sw[:, :, None] * state.extra["gram"] * sw[:, None, :]
+            mat = mat + torch.eye(sw.shape[1], dtype=mat.dtype, device=mat.device)
+            rhs = (sw * u.reshape(n, -1).to(torch.float64))[..., None]
+            sol = torch.linalg.solve(mat, rhs)[..., 0]
+            return (sw * sol).to(u.dtype).reshape(u.shape)
+        physics = problem.physics
+        scale = (r2 * weights).to(device=u.device, dtype=u.dtype)
+
+        def cov(v: Tensor) -> Tensor:
+            return root * physics.A(scale * physics.A_adjoint(root * v)) + v
+
+        rhs = root * u
+        norm = rhs.flatten(1).norm(dim=1).clamp_min(1e-30).reshape(-1, *[1] * (u.ndim - 1))
+        v = conjugate_gradient(
+            cov, rhs / norm, max_iter=self.cg_iters, tol=self.cg_tol, parallel_dim=0
+        )
+        return root * v * norm
 
     # ------------------------------------------------------------------ guidance
     def guided_noise(
@@ -396,7 +450,9 @@ class PiGDM(GuidedDDIM):
         weights = self.image_weights(z0.detach(), problem, state)
         state.extra.pop("_x_model")
         with torch.no_grad():
-            v = self.solve_covariance(problem.y_rep[rows] - ax, a, s, problem, state, weights)
+            v = self.solve_covariance(
+                problem.y_rep[rows] - ax, a, s, problem, state, weights, rows=rows
+            )
         resid = problem.y_rep[rows] - ax.detach()
         quad = (torch.conj(resid) * v).real if torch.is_complex(v) else resid * v
         state.extra["_phi"] = 0.5 * quad.flatten(1).sum(1)
