@@ -157,6 +157,13 @@ def build_parser() -> argparse.ArgumentParser:
         "trained with --patch-size)",
     )
     rec.add_argument(
+        "--share-patches",
+        action="store_true",
+        help="under torchrun: the processes take each image together, splitting its patches "
+        "(for a few large images; the output is one process's, bit for bit); without it they "
+        "share out the files",
+    )
+    rec.add_argument(
         "--flux-scale",
         default="auto",
         metavar="auto|off|S",
@@ -350,6 +357,8 @@ def _reconstruct(args: argparse.Namespace) -> int:
             load_prior(args.prior, device=comm.device, dtype=args.dtype), args.patches
         )
         _speed_up(prior, channels_last=args.channels_last, compile_networks=args.compile)
+        if args.share_patches:
+            _share_patches(prior, comm)
         solver = DWGF(prior, preset=args.preset, **options)
         runner = BatchRunner(
             items,
@@ -362,11 +371,26 @@ def _reconstruct(args: argparse.Namespace) -> int:
             comm=comm,
             debug=args.debug,
             read=read,
+            share_patches=args.share_patches,
         )
         summary = runner.run()
     if comm.rank == 0:
         print(summary.line(runner.manifest_path), file=sys.stdout if summary.ok else sys.stderr)
     return 0 if summary.ok else EXIT_USER_ERROR
+
+
+def _share_patches(prior: Any, comm: Any) -> None:
+    """``--share-patches``: the processes split every image's patches (a patch prior only)."""
+    from .priors.patches import PatchPrior
+    from .priors.sharing import ChunkSharing
+
+    if not isinstance(prior, PatchPrior):
+        raise DwgfError(
+            "--share-patches needs a patch prior: a prior trained on crops (train-prior "
+            "--patch-size) or --patches"
+        )
+    if comm.distributed:
+        prior.share(ChunkSharing(comm.rank, comm.world_size))
 
 
 def _run_train_prior(args: argparse.Namespace) -> int:

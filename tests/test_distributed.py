@@ -112,3 +112,35 @@ def test_torchrun_two_cpu_processes_match_one_process(tmp_path, inputs, prior_di
     assert "4 input(s): 4 done (3 already done), 0 failed" in text
     items = json.loads((out / MANIFEST_NAME).read_text())["items"]
     assert {e["status"] for e in items.values()} == {"done"}
+
+
+@pytest.mark.slow
+def test_torchrun_processes_share_one_image_bit_for_bit(tmp_path, prior_dir):
+    """``--share-patches``: two processes take the one 64x48 image together (the 32 px prior by
+    patches), split its patches and write one output, identical to one process's."""
+    folder = tmp_path / "obs"
+    simulate("galaxies", resolve_spec("psf", ["fwhm=3"]), folder, n=1, size=64)
+    args = ["reconstruct", str(folder), "--prior", str(prior_dir), "--patches", "--preset"]
+    args += ["fast", "--steps", "3", "--particles", "2", "--threads", "1", "--quiet"]
+    single = tmp_path / "single"
+    before = torch.get_num_threads()
+    try:
+        assert main([*args, "--out", str(single)]) == 0
+    finally:
+        torch.set_num_threads(before)
+    out = tmp_path / "two"
+    run = torchrun([*args, "--share-patches", "--out", str(out)])
+    text = run.stdout + run.stderr
+    assert run.returncode == 0, text
+    assert "1 input(s): 1 done" in text
+    items = json.loads((out / MANIFEST_NAME).read_text())["items"]
+    assert [e["rank"] for e in items.values()] == [0]
+    with fits.open(out / "obs_00000_posterior.fits") as a:
+        with fits.open(single / "obs_00000_posterior.fits") as b:
+            for name in ("PRIMARY", "STD", "SAMPLES"):
+                np.testing.assert_array_equal(a[name].data, b[name].data, err_msg=name)
+    # without a patch prior the option says what it needs
+    no_patches = [a for a in args if a != "--patches"]
+    bad = torchrun([*no_patches, "--share-patches", "--out", str(tmp_path / "bad")])
+    text = bad.stdout + bad.stderr
+    assert bad.returncode != 0 and "--share-patches needs a patch prior" in text, text

@@ -27,8 +27,11 @@ def blur_problem(prior: PatchPrior):
     with torch.no_grad():
         x = prior.from_model(prior.decode(z))
     physics = dinv.physics.BlurFFT(img_size=SHAPE, filter=dinv.physics.blur.gaussian_blur(1.0))
-    physics.noise_model = dinv.physics.GaussianNoise(0.01 * float(x.abs().max()))
-    return physics, physics(x), x
+    sigma = 0.01 * float(x.abs().max())
+    physics.noise_model = dinv.physics.GaussianNoise(sigma)
+    with torch.no_grad():  # seeded noise: the same problem in every process
+        y = physics.A(x) + sigma * torch.randn(x.shape, generator=g)
+    return physics, y, x
 
 
 def test_the_native_size_is_the_wrapped_prior(patch_prior):
@@ -162,3 +165,54 @@ def test_the_seam_ratio_sees_stitched_tiles_and_not_a_smooth_image():
     stitched[..., 32:64, :] += 0.1  # a tile row offset by a constant: a seam on two lines
     assert seam_ratio(stitched, grid=32) > 1.4
     assert abs(seam_ratio(stitched, grid=32, offset=(7, 7)) - 1.0) < 0.1
+
+
+def _shared_run(rank: int, world: int, init: str, out: str) -> None:
+    """One process of the two-process run: the fast preset on the 128x96 image, sharing."""
+    import torch.distributed as dist
+
+    from dwgf_sci.priors.sharing import ChunkSharing
+    from dwgf_sci.priors.tiny import build_tiny_latent_prior
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    try:
+        base = build_tiny_latent_prior(image_size=32, seed=0)
+        prior = PatchPrior(base, patch_batch=7, tile_batch=5).share(ChunkSharing())
+        physics, y, _ = blur_problem(prior)
+        rows = []
+        unet = base.predict_noise
+        base.predict_noise = lambda z, t: rows.append(len(z)) or unet(z, t)
+        post = DWGF(prior, "fast", steps=4, particles=2, seed=1)(y, physics)
+        torch.save({"samples": post.samples, "unet_rows": sum(rows)}, f"{out}.{rank}")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_processes_share_one_image_and_match_one_process(tmp_path):
+    """torchrun-style processes (gloo) split one image's patches and tiles between them: the
+    result is bit for bit one process's at the same thread count, each computing about half."""
+    import torch.multiprocessing as mp
+
+    from dwgf_sci.priors.tiny import build_tiny_latent_prior
+
+    out = str(tmp_path / "shared")
+    init = f"file://{tmp_path / 'store'}"
+    mp.start_processes(_shared_run, args=(2, init, out), nprocs=2, start_method="spawn")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        base = build_tiny_latent_prior(image_size=32, seed=0)
+        prior = PatchPrior(base, patch_batch=7, tile_batch=5)
+        physics, y, _ = blur_problem(prior)
+        rows = []
+        unet = base.predict_noise
+        base.predict_noise = lambda z, t: rows.append(len(z)) or unet(z, t)
+        alone = DWGF(prior, "fast", steps=4, particles=2, seed=1)(y, physics).samples
+    finally:
+        torch.set_num_threads(threads)
+    runs = [torch.load(f"{out}.{r}", weights_only=True) for r in (0, 1)]
+    for run in runs:
+        assert torch.equal(run["samples"], alone)
+    shares = [run["unet_rows"] for run in runs]
+    assert sum(shares) == sum(rows) and min(shares) >= 0.3 * sum(rows), (shares, sum(rows))

@@ -168,6 +168,10 @@ class BatchRunner:
     :param comm: the job's processes (:func:`~dwgf_sci.pipelines.distributed.batch_comm`).
     :param debug: let unexpected errors raise (with their traceback) instead of recording them.
     :param read: how to read the inputs (:class:`~dwgf_sci.io.survey.ReadOptions`), or None.
+    :param share_patches: under ``torchrun``, every process takes every item and the solver's
+        patch prior splits each image's patches between them
+        (:meth:`~dwgf_sci.priors.patches.PatchPrior.share`): for a few images larger than the
+        processes' count; the outputs are one process's, bit for bit.
     :param echo: where progress lines go (default: stdout); errors go to ``echo_err``.
     """
 
@@ -186,6 +190,7 @@ class BatchRunner:
         echo: Callable[[str], None] | None = None,
         echo_err: Callable[[str], None] | None = None,
         read: ReadOptions | None = None,
+        share_patches: bool = False,
     ) -> None:
         self.items = list(items)
         self.solver = solver
@@ -199,6 +204,12 @@ class BatchRunner:
         self.read = read
         self.echo = echo or (lambda s: print(s, flush=True))
         self.echo_err = echo_err or (lambda s: print(s, file=sys.stderr, flush=True))
+        #: every process takes every item, splitting its patches (the solver's prior shares
+        #: them); rank 0 writes and reports, the others only compute
+        self.share_patches = bool(share_patches) and self.comm.distributed
+        self.helper = self.share_patches and self.comm.rank != 0
+        if self.helper:
+            self.echo = self.echo_err = lambda s: None
         self.job = self._job_settings()
 
     # ------------------------------------------------------------------ identity
@@ -310,9 +321,16 @@ class BatchRunner:
                 own = dict(previous)
                 target = self.manifest_path
             done = skipped = failed = 0
-            for i in self.comm.local_indices(len(self.items)):
+            indices = (
+                range(len(self.items))
+                if self.share_patches
+                else self.comm.local_indices(len(self.items))
+            )
+            for i in indices:
                 item = self.items[i]
                 status, entry = self._process(item, previous.get(item.key))
+                if self.helper:  # rank 0 counts and records the item
+                    continue
                 done += status in ("done", "skipped")
                 skipped += status == "skipped"
                 failed += status == "failed"
@@ -403,6 +421,7 @@ class BatchRunner:
                 record={"batch": {"key": item.key, "fingerprint": fp}},
                 read=self.read,
                 echo=lambda line: self.echo(f"{self._prefix()}{line}"),
+                write=not self.helper,
             )
             entry.update(self._done_fields(item, start))
         except DwgfError as exc:

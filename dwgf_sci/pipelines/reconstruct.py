@@ -143,6 +143,7 @@ def reconstruct_file(
     record: dict[str, Any] | None = None,
     read: ReadOptions | None = None,
     echo: Callable[[str], None] | None = print,
+    write: bool = True,
 ) -> ReconstructionResult:
     """Reconstruct one measurement file and write its posterior next to the others in ``out_dir``.
 
@@ -160,6 +161,8 @@ def reconstruct_file(
         output then holds ``MASK``/``mask`` and ``VARIANCE``/``variance`` too; how the file was
         read is in the provenance (``observation``).
     :param echo: where the one-line notes go (layout chosen, NaN pixels masked); None: nowhere.
+    :param write: write the output (``False``: a process that helps another one compute the
+        same reconstruction, ``reconstruct --share-patches``; the checks are made all the same).
     """
     path = Path(path)
     out_dir = Path(out_dir)
@@ -194,7 +197,9 @@ def reconstruct_file(
     header = None
     if isinstance(measurement.header, fits.Header) and tuple(measurement.y.shape[1:]) == img_size:
         header = measurement.header
-    if weights is not None:
+    if not write:
+        pass
+    elif weights is not None:
         write_posterior(post, target, weights, header, overwrite, with_samples, record)
     elif file_format(target) == "fits":
         post.to_fits(

@@ -33,6 +33,7 @@ from torch import Tensor
 
 from ..errors import ConfigError, OperatorMismatchError
 from .base import LatentPrior
+from .sharing import ChunkSharing, map_chunks
 
 __all__ = ["PatchPrior", "as_patch_prior", "trained_on_crops"]
 
@@ -110,12 +111,26 @@ class PatchPrior(LatentPrior):
         self.overlap = overlap
         self.patch_batch = int(patch_batch)
         self.tile_batch = int(tile_batch)
+        #: set by :meth:`share`: the processes that split the chunks of every network call
+        self.sharing: ChunkSharing | None = None
         self.seed = int(seed)
         self.decoder_sigma = base.decoder_sigma
         self.decoder_error_model = base.decoder_error_model
         self.solver_hints = dict(base.solver_hints)
         self.metadata: dict[str, Any] = dict(getattr(base, "metadata", {}) or {})
         self.affine_decoder = base.affine_decoder
+
+    def share(self, sharing: ChunkSharing | None) -> PatchPrior:
+        """Split the chunks of every network call without gradient across the processes of a
+        ``torchrun`` job that all run the same reconstruction (:mod:`.sharing`: the same result,
+        bit for bit, as one process at the same thread count); ``None`` stops it."""
+        self.sharing = sharing
+        return self
+
+    def _map(self, fn: Any, rows: Tensor, size: int) -> Tensor:
+        if self.sharing is None:
+            return map_chunks(fn, rows, size)
+        return self.sharing.map(fn, rows, size)
 
     # ------------------------------------------------------------------ units and shapes
     def to_model(self, x: Tensor) -> Tensor:
@@ -172,11 +187,8 @@ class PatchPrior(LatentPrior):
         hh, ww = padded.shape[-2:]
         k, m = hh // p, ww // q
         tiles = padded.reshape(n, c, k, p, m, q).permute(0, 2, 4, 1, 3, 5).reshape(-1, c, p, q)
-        parts = [
-            self.base.predict_noise(tiles[s : s + self.patch_batch], t)
-            for s in range(0, len(tiles), self.patch_batch)
-        ]
-        eps = torch.cat(parts).reshape(n, k, m, c, p, q).permute(0, 3, 1, 4, 2, 5)
+        eps = self._map(lambda rows: self.base.predict_noise(rows, t), tiles, self.patch_batch)
+        eps = eps.reshape(n, k, m, c, p, q).permute(0, 3, 1, 4, 2, 5)
         return eps.reshape(n, c, hh, ww)[..., dy : dy + h, dx : dx + w]
 
     # ------------------------------------------------------------------ autoencoder
@@ -192,9 +204,7 @@ class PatchPrior(LatentPrior):
         starts = [(y0, x0) for y0 in _starts(h, tile[0], o_in) for x0 in _starts(w, tile[1], o_in)]
         tiles = torch.stack([x[..., y0 : y0 + tile[0], x0 : x0 + tile[1]] for y0, x0 in starts], 1)
         flat = tiles.reshape(n * len(starts), *tiles.shape[2:])
-        parts = torch.cat(
-            [run(flat[s : s + self.tile_batch]) for s in range(0, len(flat), self.tile_batch)]
-        )
+        parts = self._map(run, flat, self.tile_batch)
         parts = parts.reshape(n, len(starts), *parts.shape[1:])
         th, tw = parts.shape[-2:]
         big_h, big_w = int(round(h * factor)), int(round(w * factor))
