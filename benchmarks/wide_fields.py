@@ -55,12 +55,13 @@ from dwgf_sci.datasets import FieldDataset, PhantomDataset
 from dwgf_sci.metrics import coverage, coverage_reference, seam_ratio
 from dwgf_sci.operators import build_operator, resolve_spec
 from dwgf_sci.operators.pixel_noise import PixelNoise
+from dwgf_sci.pipelines.field_demo import FIELD_PSF, observe_field
 from dwgf_sci.priors import load_prior
 from dwgf_sci.priors.patches import PatchPrior
 from dwgf_sci.solvers import DWGF, FBP, RichardsonLucy, TVReconstruction
 from dwgf_sci.solvers.likelihood import chi2_limit
 
-PSF = {"type": "psf", "profile": "moffat", "fwhm": 3.0, "beta": 3.5, "padding": "same"}
+PSF = FIELD_PSF
 SEEDS = {"validation": 9_100_000, "test": 9_200_000}
 RL_GRID = (10, 20, 35, 60, 100, 170, 300)
 TV_GRID = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2)
@@ -74,11 +75,7 @@ def field_problem(split: str, i: int, size: int, sky: float) -> dict[str, Any]:
     """Truth, measurement and physics (with its noise map) of field ``i`` of ``split``."""
     x = FieldDataset(i + 1, size=size, seed=SEEDS[split])[i][None].float()
     physics = build_operator(resolve_spec(PSF), (1, size, size))
-    with torch.no_grad():
-        clean = physics.A(x)
-    var = sky + clean.clamp_min(0)
-    g = torch.Generator().manual_seed(SEEDS[split] + i)
-    y = clean + var.sqrt() * torch.randn(clean.shape, generator=g)
+    y, var = observe_field(x, physics, sky, SEEDS[split] + i)
     physics.noise_model = PixelNoise(var[0])
     return {"x": x, "y": y, "physics": physics, "var": var[0]}
 
