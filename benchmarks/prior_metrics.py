@@ -43,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     """Command-line options."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("prior", help="prior folder or shipped prior name")
-    p.add_argument("--dataset", required=True, choices=("galaxies", "phantoms"))
+    p.add_argument("--dataset", required=True, choices=("galaxies", "phantoms", "fields"))
     p.add_argument("--n", type=int, default=200, help="held-out images (default: 200)")
     p.add_argument("--samples", type=int, default=None, help="prior samples (default: --n)")
     p.add_argument("--steps", type=int, default=100, help="DDIM steps (default: 100)")

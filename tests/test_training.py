@@ -45,6 +45,7 @@ from dwgf_sci.training.evaluate import (
     evaluate_prior,
     galaxy_statistics,
     half_light_radius,
+    held_out_images,
     ks_statistics,
     phantom_statistics,
     write_metrics,
@@ -495,3 +496,10 @@ def test_a_patch_prior_trains_on_crops_of_fields_and_models_any_size(tmp_path):
     with torch.no_grad():
         eps = wide.predict_noise(torch.randn(1, 2, 24, 16), 500)
     assert eps.shape == (1, 2, 24, 16) and torch.isfinite(eps).all()
+    # its held-out metrics compare samples with crops of held-out fields of the training size
+    result = evaluate_prior(prior, "fields", n=4, sample_steps=2)
+    assert result["n_reference"] == 4 and set(result["ks"]) == {"pixel_mean", "pixel_std"}
+    assert set(result["pass"]) == {"vae_psnr", "ks_pixel_mean", "ks_pixel_std"}
+    crops = held_out_images("fields", 3, 64, crop=16)
+    assert crops.shape == (3, 1, 16, 16)
+    assert torch.equal(crops, held_out_images("fields", 3, 64, crop=16))

@@ -7,6 +7,7 @@ from .decoder_error import DecoderErrorModel
 from .gaussian_mixture import GaussianMixture, GaussianMixturePrior
 from .latent import LatentDiffusionPrior
 from .loading import SHIPPED_PRIORS, available_priors, load_prior
+from .patches import PatchPrior
 from .stable_diffusion import StableDiffusionPrior
 
 __all__ = [
@@ -16,6 +17,7 @@ __all__ = [
     "GaussianMixturePrior",
     "LatentDiffusionPrior",
     "LatentPrior",
+    "PatchPrior",
     "StableDiffusionPrior",
     "available_priors",
     "linear_alphas_cumprod",

@@ -66,6 +66,7 @@ HELD_OUT_SEED = 1_000_003
 ACCEPTANCE: dict[str, dict[str, float]] = {
     "galaxies": {"vae_psnr_db": 35.0, "ks": 0.15},
     "phantoms": {"vae_psnr_db": 30.0, "ks": 0.15},
+    "fields": {"vae_psnr_db": 35.0, "ks": 0.15},
 }
 #: Default support threshold of the CT statistics (1/cm).
 SUPPORT_THRESHOLD = 0.05
@@ -236,8 +237,8 @@ def image_statistics(x: Tensor | np.ndarray, kind: str) -> dict[str, np.ndarray]
 
     :param x: ``(N, H, W)`` or ``(N, 1, H, W)`` images in physical units.
     :param kind: ``"galaxies"`` (:func:`galaxy_statistics`), ``"phantoms"``
-        (:func:`phantom_statistics`, default threshold) or ``"generic"`` (``pixel_mean``,
-        ``pixel_std``).
+        (:func:`phantom_statistics`, default threshold), ``"generic"`` or ``"fields"``
+        (``pixel_mean``, ``pixel_std``: crops of a field hold any number of objects).
     :return: the statistics by name, each an ``(N,)`` float64 array.
     :raises ConfigError: for an unknown ``kind``.
     """
@@ -245,7 +246,7 @@ def image_statistics(x: Tensor | np.ndarray, kind: str) -> dict[str, np.ndarray]
         return galaxy_statistics(x)
     if kind == "phantoms":
         return phantom_statistics(x)
-    if kind == "generic":
+    if kind in ("generic", "fields"):
         arr = _as_numpy(x)
         return {"pixel_mean": arr.mean(axis=(1, 2)), "pixel_std": arr.std(axis=(1, 2))}
     raise ConfigError(f"unknown kind {kind!r}; expected galaxies, phantoms or generic")
@@ -286,17 +287,20 @@ def ks_statistics(samples: Tensor, reference: Tensor, kind: str) -> dict[str, di
 
 
 # ---------------------------------------------------------------------- the whole evaluation
-def held_out_images(kind: str, n: int, size: int, seed: int = HELD_OUT_SEED) -> Tensor:
-    """``n`` held-out galaxies or phantoms (``(n, 1, size, size)``, physical units)."""
-    from ..datasets import GalaxyDataset, PhantomDataset
+def held_out_images(
+    kind: str, n: int, size: int, seed: int = HELD_OUT_SEED, crop: int | None = None
+) -> Tensor:
+    """``n`` held-out galaxies, phantoms or fields (``(n, 1, size, size)``, physical units);
+    with ``crop``, one random ``crop``-px crop of each (a patch prior's held-out data)."""
+    from ..datasets import FieldDataset, GalaxyDataset, PhantomDataset
+    from .data import random_crops
 
-    if kind == "galaxies":
-        ds: Any = GalaxyDataset(n, size=size, seed=seed)
-    elif kind == "phantoms":
-        ds = PhantomDataset(n, size=size, seed=seed)
-    else:
-        raise ConfigError(f"unknown dataset {kind!r}; expected galaxies or phantoms")
-    return torch.stack([ds[i] for i in range(n)])
+    makers = {"galaxies": GalaxyDataset, "phantoms": PhantomDataset, "fields": FieldDataset}
+    if kind not in makers:
+        raise ConfigError(f"unknown dataset {kind!r}; expected one of {tuple(makers)}")
+    ds: Any = makers[kind](n, size=size, seed=seed)
+    images = torch.stack([ds[i] for i in range(n)])
+    return images if crop is None else random_crops(images, int(crop), 1, seed=int(seed))
 
 
 def evaluate_prior(
@@ -313,7 +317,9 @@ def evaluate_prior(
     """Acceptance metrics of a prior on held-out data.
 
     :param LatentPrior prior: the prior (with a native image size).
-    :param str kind: ``"galaxies"`` or ``"phantoms"`` (or ``"generic"`` with ``reference``).
+    :param str kind: ``"galaxies"``, ``"phantoms"`` or ``"fields"`` (or ``"generic"`` with
+        ``reference``); a patch prior is compared with crops of held-out images of its
+        training images' size.
     :param int n: held-out images (generated with ``data_seed``) when ``reference`` is None.
     :param n_samples: prior samples (default ``n``).
     :param reference: held-out images to use instead of generated ones.
@@ -330,7 +336,11 @@ def evaluate_prior(
         raise ConfigError("the prior has no native image size")
     t0 = time.perf_counter()
     if reference is None:
-        reference = held_out_images(kind, int(n), int(prior.image_size[0]), seed=int(data_seed))
+        data = (getattr(prior, "metadata", None) or {}).get("data") or {}
+        size, crop = int(prior.image_size[0]), None
+        if data.get("patch_size"):  # a patch prior: crops of held-out images of its data's size
+            size, crop = int(data["image_shape"][-1]), size
+        reference = held_out_images(kind, int(n), size, seed=int(data_seed), crop=crop)
     t_data = time.perf_counter() - t0
     psnr = reconstruction_psnr(prior, reference)
     t1 = time.perf_counter()
