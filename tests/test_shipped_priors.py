@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -16,10 +17,10 @@ from dwgf_sci.solvers import DWGF
 
 
 def test_shipped_priors_are_installed_small_and_documented():
-    assert set(SHIPPED_PRIORS) == {"galaxy-64", "ct-64"}
+    assert set(SHIPPED_PRIORS) == {"galaxy-64", "ct-64", "field-64", "ct-patch-64"}
     assert not [n for n, text in available_priors().items() if "not installed" in text]
     total = sum(p.stat().st_size for p in WEIGHTS_DIR.rglob("*") if p.is_file())
-    assert total <= 20 * 2**20, f"{total / 2**20:.1f} MB of shipped weights"
+    assert total <= 40 * 2**20, f"{total / 2**20:.1f} MB of shipped weights"
     for name in SHIPPED_PRIORS:
         folder = WEIGHTS_DIR / name
         assert not list(folder.rglob("*.bin")) and not list(folder.rglob("*.pt"))
@@ -42,7 +43,9 @@ def check_prior_metrics(metrics: dict, name: str) -> None:
     n = metrics["n_samples"]
     psnr_db = metrics["vae_psnr_db"]
     assert psnr_db["n"] == n > 0
-    assert 0.0 < psnr_db["min"] <= min(psnr_db["mean"], psnr_db["median"]) < 100.0
+    # each image's PSNR is on its own range: unbounded below for a nearly constant crop
+    assert math.isfinite(psnr_db["min"])
+    assert psnr_db["min"] <= min(psnr_db["mean"], psnr_db["median"]) < 100.0
     assert metrics["ks"], "no distribution was compared"
     for entry in metrics["ks"].values():
         assert 0.0 <= entry["ks"] <= 1.0 and 0.0 <= entry["p_value"] <= 1.0

@@ -35,6 +35,8 @@ WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 SHIPPED_PRIORS: dict[str, str] = {
     "galaxy-64": "latent diffusion prior of 64x64 single-channel galaxy images (galsim)",
     "ct-64": "latent diffusion prior of 64x64 CT phantom slices",
+    "field-64": "patch prior: 64x64 crops of simulated survey fields (galaxies, stars, blends)",
+    "ct-patch-64": "patch prior: 64x64 crops of 256x256 CT phantom slices",
 }
 
 _PRIOR_CLASSES: dict[str, type[LatentPrior]] = {
