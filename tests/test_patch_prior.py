@@ -216,3 +216,20 @@ def test_two_processes_share_one_image_and_match_one_process(tmp_path):
         assert torch.equal(run["samples"], alone)
     shares = [run["unet_rows"] for run in runs]
     assert sum(shares) == sum(rows) and min(shares) >= 0.3 * sum(rows), (shares, sum(rows))
+
+
+def test_a_patch_prior_declares_its_extent_and_the_image_step_scales_per_window(patch_prior):
+    """The fast preset's image-space prior scale g is a map for a patch prior on a larger
+    image: the pixel mean of the decoder's squared response over the window of the patch
+    extent around each pixel (cumulative sums; here against the brute-force mean)."""
+    from dwgf_sci.solvers.dwgf.image_rto import window_mean
+
+    assert patch_prior.local_extent == (32, 32) and patch_prior.base.local_extent is None
+    x = torch.rand(2, 1, 37, 29, dtype=torch.float64)
+    got = window_mean(x, (8, 6))
+    want = torch.empty_like(x)
+    for i in range(37):
+        for j in range(29):
+            rows, cols = slice(max(i - 4, 0), i + 4), slice(max(j - 3, 0), j + 3)
+            want[..., i, j] = x[..., rows, cols].mean((-2, -1))
+    torch.testing.assert_close(got, want)

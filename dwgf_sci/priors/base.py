@@ -75,11 +75,16 @@ class LatentPrior(nn.Module):
       linear decoder). Solvers then evaluate the likelihood at noisy latents (DWGF's
       split-Gibbs SMC) and, for a linear physics with Gaussian noise, draw the likelihood step
       exactly from the matrix of :math:`z \mapsto A(D(z))`.
+    * :attr:`local_extent`: ``(height, width)`` in pixels of the region over which the prior's
+      statistics are local (a patch prior's patches; ``None``: the whole image). Solvers then
+      estimate image-space scales per region of that size rather than over the whole image.
     """
 
     #: The decoder is affine in the latent (see the class documentation). False unless a
     #: subclass declares it.
     affine_decoder: ClassVar[bool] = False
+    #: Pixel extent of the prior's local statistics (see the class documentation).
+    local_extent: tuple[int, int] | None = None
 
     def __init__(
         self,

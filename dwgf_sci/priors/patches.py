@@ -119,6 +119,7 @@ class PatchPrior(LatentPrior):
         self.solver_hints = dict(base.solver_hints)
         self.metadata: dict[str, Any] = dict(getattr(base, "metadata", {}) or {})
         self.affine_decoder = base.affine_decoder
+        self.local_extent = (patch[0] * f, patch[1] * f)
 
     def share(self, sharing: ChunkSharing | None) -> PatchPrior:
         """Split the chunks of every network call without gradient across the processes of a

@@ -7,7 +7,10 @@ each measurement, the centre :math:`c`). Near :math:`\tilde c` the decoded image
 :math:`x = D(u) + e` has covariance :math:`v JJ^\top + S^2`, :math:`J = \partial D/\partial u`,
 :math:`S` the decoder's per-pixel error (with ``image_error``; else 0). :math:`v JJ^\top` is
 replaced by :math:`g I`, :math:`g = \|D(\tilde c) - D(c)\|^2/\dim u` (one draw of
-:math:`v\,\mathrm{tr}(JJ^\top)` over the rank of :math:`J`). With :math:`T^2 = gI + S^2`, one
+:math:`v\,\mathrm{tr}(JJ^\top)` over the rank of :math:`J`). For a prior whose statistics are
+local (``local_extent``, a patch prior on an image larger than its patches) :math:`g` is a map:
+the same estimate over the window of that extent around each pixel, so a field's bright
+objects and its empty sky each get their own scale. With :math:`T^2 = gI + S^2`, one
 randomise-then-optimise step in image space
 
 .. math::
@@ -45,6 +48,24 @@ if TYPE_CHECKING:
 __all__ = ["ImageRTOStep"]
 
 
+def window_mean(x: Tensor, extent: tuple[int, int]) -> Tensor:
+    """Mean of ``x`` ``(..., H, W)`` over the ``extent`` window centred on each pixel (cut at
+    the borders), by cumulative sums: linear in the image size."""
+    out = x
+    for dim, size in ((-2, extent[0]), (-1, extent[1])):
+        length = out.shape[dim]
+        lo = torch.arange(length, device=x.device) - size // 2
+        hi = (lo + size).clamp(max=length)
+        lo = lo.clamp(min=0)
+        zero = torch.zeros_like(out.narrow(dim, 0, 1))
+        csum = torch.cat([zero, out.cumsum(dim)], dim)
+        total = csum.index_select(dim, hi) - csum.index_select(dim, lo)
+        shape = [1] * out.ndim
+        shape[dim] = length
+        out = total / (hi - lo).to(out.dtype).reshape(shape)
+    return out
+
+
 class ImageRTOStep(LikelihoodStep):
     """RTO in image space, mapped back by the encoder; the latent step below ``image_until``."""
 
@@ -78,7 +99,14 @@ class ImageRTOStep(LikelihoodStep):
             decoded = torch.cat([solver.prior.decode(rows[sl]) for sl in solver.chunks(n + b)])
         base = decoded[:n].flatten(1)
         first = base.reshape(b, p, -1)[:, 0]
-        gain = (first - decoded[n:].flatten(1)).pow(2).sum(1, keepdim=True) / centre.shape[1]
+        diff2 = (first - decoded[n:].flatten(1)).pow(2)
+        gain = diff2.sum(1, keepdim=True) / centre.shape[1]
+        extent = solver.prior.local_extent
+        if extent is not None and any(
+            s > e for s, e in zip(problem.image_shape[-2:], extent, strict=True)
+        ):  # g per window of the prior's extent: the pixel mean there, over the rank
+            local = window_mean(diff2.reshape(b, *problem.image_shape), extent)
+            gain = local.flatten(1) * (diff2.shape[1] / centre.shape[1])
         tau = gain.repeat_interleave(p, 0)
         err = self.errors.error_map(decoded[:n]) if cfg.image.error else None
         if err is not None:  # x = D(u) + e: the decoder's error adds its variance per pixel
