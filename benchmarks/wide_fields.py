@@ -64,7 +64,7 @@ from dwgf_sci.solvers.likelihood import chi2_limit
 PSF = FIELD_PSF
 SEEDS = {"validation": 9_100_000, "test": 9_200_000}
 RL_GRID = (10, 20, 35, 60, 100, 170, 300)
-TV_GRID = (1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0)
+TV_GRID = (0.1, 1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1000.0)
 TILE = 64
 #: table columns: the records' keys
 COLUMNS = (
