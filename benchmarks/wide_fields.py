@@ -61,7 +61,6 @@ from dwgf_sci.priors.patches import PatchPrior
 from dwgf_sci.solvers import DWGF, FBP, RichardsonLucy, TVReconstruction
 from dwgf_sci.solvers.likelihood import chi2_limit
 
-PSF = FIELD_PSF
 SEEDS = {"validation": 9_100_000, "test": 9_200_000}
 RL_GRID = (10, 20, 35, 60, 100, 170, 300)
 TV_GRID = (0.1, 1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1000.0)
@@ -77,7 +76,7 @@ COLUMNS = (
 def field_problem(split: str, i: int, size: int, sky: float) -> dict[str, Any]:
     """Truth, measurement and physics (with its noise map) of field ``i`` of ``split``."""
     x = FieldDataset(i + 1, size=size, seed=SEEDS[split])[i][None].float()
-    physics = build_operator(resolve_spec(PSF), (1, size, size))
+    physics = build_operator(resolve_spec(FIELD_PSF), (1, size, size))
     y, var = observe_field(x, physics, sky, SEEDS[split] + i)
     physics.noise_model = PixelNoise(var[0])
     return {"x": x, "y": y, "physics": physics, "var": var[0]}
@@ -143,7 +142,7 @@ def dwgf_tiles(prior: Any, p: dict[str, Any], args: argparse.Namespace) -> dict[
     start = time.time()
     for r in range(0, size, TILE):
         for c in range(0, size, TILE):
-            physics = build_operator(resolve_spec(PSF), (1, TILE, TILE))
+            physics = build_operator(resolve_spec(FIELD_PSF), (1, TILE, TILE))
             physics.noise_model = PixelNoise(var[:, r : r + TILE, c : c + TILE])
             tile = y[..., r : r + TILE, c : c + TILE]
             post = DWGF(prior, args.preset, seed=args.seed)(tile, physics)
@@ -231,9 +230,9 @@ def region(prior: Any, args: argparse.Namespace, log: Log, task: str) -> None:
     size = args.field_size
     side = min(128, size // 2)  # 128 px on the benchmark's fields
     r0 = (size - side) // 2
-    margin = int(math.ceil(PSF["fwhm"] / prior.downsample)) * prior.downsample
+    margin = int(math.ceil(FIELD_PSF["fwhm"] / prior.downsample)) * prior.downsample
     lo, hi = r0 - margin, r0 + side + margin
-    physics = build_operator(resolve_spec(PSF), (1, hi - lo, hi - lo))
+    physics = build_operator(resolve_spec(FIELD_PSF), (1, hi - lo, hi - lo))
     physics.noise_model = PixelNoise(p["var"][:, lo:hi, lo:hi])
     sub = {"x": p["x"][..., lo:hi, lo:hi], "y": p["y"][..., lo:hi, lo:hi], "physics": physics}
     alone = dwgf_whole(prior, sub, args)["mean"][..., margin:-margin, margin:-margin]

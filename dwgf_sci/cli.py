@@ -276,32 +276,26 @@ def _run_demo(args: argparse.Namespace) -> int:
     from .pipelines.demo import run_demo
 
     check_output_folder(args.out)  # before any work
+    common = {
+        "out": args.out,
+        "particles": args.particles,
+        "steps": args.steps,
+        "seed": args.seed,
+        "device": args.device,
+        "progress": not args.quiet,
+    }
     if args.field:
         from .pipelines.field_demo import run_field_demo
 
-        run_field_demo(
-            out=args.out,
-            prior=args.prior or "field-64",
-            particles=args.particles,
-            steps=args.steps,
-            preset=args.preset or "fast",
-            seed=args.seed,
-            device=args.device,
-            progress=not args.quiet,
-        )
+        run_field_demo(prior=args.prior or "field-64", preset=args.preset or "fast", **common)
         return 0
     run_demo(
-        out=args.out,
         prior=args.prior or "galaxy-64",
         operator=args.operator,
         sets=args.sets,
         noise=args.noise,
-        particles=args.particles,
-        steps=args.steps,
         preset=args.preset or "default",
-        seed=args.seed,
-        device=args.device,
-        progress=not args.quiet,
+        **common,
     )
     return 0
 

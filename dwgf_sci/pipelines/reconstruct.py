@@ -197,15 +197,13 @@ def reconstruct_file(
     header = None
     if isinstance(measurement.header, fits.Header) and tuple(measurement.y.shape[1:]) == img_size:
         header = measurement.header
-    if not write:
-        pass
-    elif weights is not None:
+    if write and weights is not None:
         write_posterior(post, target, weights, header, overwrite, with_samples, record)
-    elif file_format(target) == "fits":
+    elif write and file_format(target) == "fits":
         post.to_fits(
             target, header=header, overwrite=overwrite, with_samples=with_samples, provenance=record
         )
-    else:
+    elif write:
         post.to_hdf5(target, overwrite=overwrite, with_samples=with_samples, provenance=record)
     return ReconstructionResult(path, target, post, measurement.truth, scores)
 
