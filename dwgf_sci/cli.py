@@ -21,6 +21,14 @@ from .errors import DwgfError
 EXIT_USER_ERROR = 2
 
 
+def _count(text: str) -> int:
+    """An argparse type: an integer >= 0."""
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, found {value}")
+    return value
+
+
 def _add_operator_options(p: argparse.ArgumentParser, default: str | None) -> None:
     p.add_argument(
         "--operator",
@@ -40,12 +48,12 @@ def _add_operator_options(p: argparse.ArgumentParser, default: str | None) -> No
     )
 
 
-def _add_solver_options(p: argparse.ArgumentParser) -> None:
+def _add_solver_options(p: argparse.ArgumentParser, preset_note: str = "default") -> None:
     p.add_argument(
         "--preset",
         default="default",
         choices=("default", "fast", "reference"),
-        help="DWGF preset (default: default)",
+        help=f"DWGF preset (default: {preset_note})",
     )
     p.add_argument("--particles", type=int, default=None, help="posterior samples per input")
     p.add_argument("--steps", type=int, default=None, help="DWGF steps (default: the preset's)")
@@ -89,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.01,
         help="Gaussian noise std as a fraction of the blurred peak (default: 0.01)",
     )
-    _add_solver_options(demo)
+    _add_solver_options(demo, "default; fast with --field")
     # one galaxy, default preset: about 20 s on a 2-core CPU; --field: the fast preset
     demo.set_defaults(particles=4, preset=None)
 
@@ -208,7 +216,17 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("fits", "hdf5"),
         help="output format (default: the input's)",
     )
-    rec.add_argument("--no-samples", action="store_true", help="do not store the samples")
+    rec.add_argument(
+        "--samples",
+        type=_count,
+        default=None,
+        metavar="N",
+        help="store the first N posterior samples in each output (default: all; 0: none; the "
+        "mean and std always use all of them)",
+    )
+    rec.add_argument(
+        "--no-samples", dest="samples", action="store_const", const=0, help="same as --samples 0"
+    )
     rec.add_argument(
         "--threads",
         type=int,
@@ -382,7 +400,7 @@ def _reconstruct(args: argparse.Namespace) -> int:
             solver,
             args.out,
             spec=spec,
-            with_samples=not args.no_samples,
+            samples=args.samples,
             overwrite=args.overwrite,
             prior_name=args.prior,
             comm=comm,

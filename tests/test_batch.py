@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from astropy.io import fits
 
 from dwgf_sci.cli import main
 from dwgf_sci.errors import ConfigError, DwgfError, FileFormatError
@@ -311,6 +312,29 @@ def test_hdf5_outputs_and_named_outputs_in_subfolders(tmp_path, obs_dir, prior_d
     items = manifest_items(out)
     assert items["night/b"]["output"] == "night/b.h5"
     assert items["night/b"]["seed"] == item_seed(0, "night/b")
+
+
+def test_samples_n_stores_the_first_n_and_keeps_mean_and_std(tmp_path, obs_dir, prior_dir, capsys):
+    """``--samples N`` (large outputs): the first N samples; mean and std from all of them."""
+    src = obs_dir / "obs_00000.fits"
+    stored = {}
+    for n in ("all", "1", "0"):
+        extra = ("--particles", "3") if n == "all" else ("--particles", "3", "--samples", n)
+        assert reconstruct([src], tmp_path / n, prior_dir, *extra) == 0
+        with fits.open(tmp_path / n / "obs_00000_posterior.fits") as hdus:
+            stored[n] = {h.name: None if h.data is None else h.data.copy() for h in hdus}
+    # one sample is written as one image (write_fits' layout rule)
+    assert stored["all"]["SAMPLES"].shape == (3, 1, 32, 32) and stored["1"]["SAMPLES"].ndim == 2
+    assert "SAMPLES" not in stored["0"]
+    assert (stored["1"]["SAMPLES"] == stored["all"]["SAMPLES"][0, 0]).all()
+    for n in ("1", "0"):
+        for name in ("PRIMARY", "STD"):
+            assert (stored[n][name] == stored["all"][name]).all()
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        reconstruct([src], tmp_path / "bad", prior_dir, "--samples", "-1")
+    assert "must be >= 0" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
 
 
 def test_a_tampered_status_file_is_data_and_never_a_path_to_write(

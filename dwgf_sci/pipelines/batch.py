@@ -162,7 +162,8 @@ class BatchRunner:
     :param solver: the sampler (its ``seed`` is the job's base seed).
     :param out_dir: the output folder.
     :param spec: operator spec overriding the files' own (``--operator``), or None.
-    :param with_samples: store the posterior samples in the outputs.
+    :param samples: how many posterior samples to store in each output (the first ones;
+        ``None``: all, 0: none).
     :param overwrite: replace existing outputs that this job's settings did not make.
     :param prior_name: the prior's name or folder, for provenance and fingerprints.
     :param comm: the job's processes (:func:`~dwgf_sci.pipelines.distributed.batch_comm`).
@@ -182,7 +183,7 @@ class BatchRunner:
         out_dir: str | Path,
         *,
         spec: dict[str, Any] | None = None,
-        with_samples: bool = True,
+        samples: int | None = None,
         overwrite: bool = False,
         prior_name: str | None = None,
         comm: Comm | None = None,
@@ -196,7 +197,7 @@ class BatchRunner:
         self.solver = solver
         self.out_dir = Path(out_dir)
         self.spec = spec
-        self.with_samples = with_samples
+        self.samples = None if samples is None else int(samples)
         self.overwrite = overwrite
         self.prior_name = prior_name
         self.comm = comm or Comm()
@@ -222,7 +223,7 @@ class BatchRunner:
             "solver": settings,
             "operator": self.spec,
             "prior": prior,
-            "with_samples": bool(self.with_samples),
+            "samples": self.samples,
         }
         if self.read is not None and not self.read.is_default():
             job["read"] = self.read.record()
@@ -414,7 +415,7 @@ class BatchRunner:
                 self.out_dir,
                 spec=self.spec,
                 overwrite=overwrite,
-                with_samples=self.with_samples,
+                samples=self.samples,
                 prior_name=self.prior_name,
                 target=item.output,
                 seed=item.seed,

@@ -158,7 +158,7 @@ def write_posterior(
     variance: torch.Tensor,
     header: fits.Header | None,
     overwrite: bool,
-    with_samples: bool,
+    samples: int | None,
     record: dict[str, Any],
 ) -> Path:
     """Write the posterior of one measurement with the mask and the variance map used.
@@ -171,8 +171,8 @@ def write_posterior(
     mask = (~torch.isfinite(variance)).to(torch.uint8)
     mean = _finite("mean", post.as_tensor()[0:1])
     data = {"std": _finite("std", post.std[0:1])}
-    if with_samples:
-        data["samples"] = _finite("samples", post.all_samples[0])
+    if samples != 0:
+        data["samples"] = _finite("samples", post.all_samples[0][:samples])
     data.update({"mask": mask, "variance": variance})
     provenance = make_provenance(**post.provenance(), **record)
     if file_format(target) == "fits":

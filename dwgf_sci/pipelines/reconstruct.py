@@ -135,7 +135,7 @@ def reconstruct_file(
     spec: dict[str, Any] | None = None,
     file_type: str | None = None,
     overwrite: bool = False,
-    with_samples: bool = True,
+    samples: int | None = None,
     prior_name: str | None = None,
     *,
     target: str | Path | None = None,
@@ -155,6 +155,8 @@ def reconstruct_file(
     :param target: the output file (default: :func:`output_path` in ``out_dir``); its format
         follows its suffix.
     :param seed: the sampler's seed for this input (default: the solver's own seed).
+    :param samples: how many posterior samples to store (the first ones; ``None``: all, 0: none;
+        large images: the mean and std are the posterior's whatever is stored).
     :param record: extra provenance fields (a batch job stores its item key and fingerprint).
     :param read: how to read the input (science HDU or key, noise map, DQ plane, NaN policy);
         default: recognise its layout. A noise map or a mask weighs the data per pixel, and the
@@ -164,6 +166,8 @@ def reconstruct_file(
     :param write: write the output (``False``: a process that helps another one compute the
         same reconstruction, ``reconstruct --share-patches``; the checks are made all the same).
     """
+    if samples is not None and int(samples) < 0:
+        raise ConfigError(f"samples must be >= 0 (or None: all), found {samples}")
     path = Path(path)
     out_dir = Path(out_dir)
     measurement = read_measurement(path, options=read)
@@ -198,13 +202,11 @@ def reconstruct_file(
     if isinstance(measurement.header, fits.Header) and tuple(measurement.y.shape[1:]) == img_size:
         header = measurement.header
     if write and weights is not None:
-        write_posterior(post, target, weights, header, overwrite, with_samples, record)
+        write_posterior(post, target, weights, header, overwrite, samples, record)
     elif write and file_format(target) == "fits":
-        post.to_fits(
-            target, header=header, overwrite=overwrite, with_samples=with_samples, provenance=record
-        )
+        post.to_fits(target, header=header, overwrite=overwrite, samples=samples, provenance=record)
     elif write:
-        post.to_hdf5(target, overwrite=overwrite, with_samples=with_samples, provenance=record)
+        post.to_hdf5(target, overwrite=overwrite, samples=samples, provenance=record)
     return ReconstructionResult(path, target, post, measurement.truth, scores)
 
 
@@ -222,7 +224,7 @@ def reconstruct_files(
         (:func:`~dwgf_sci.pipelines.plan.item_seed`).
     :param out_dir: the output folder.
     :param kwargs: further arguments of :func:`reconstruct_file` (``spec``, ``file_type``,
-        ``overwrite``, ``with_samples``, ``prior_name``, ``record``, ``read``, ``echo``);
+        ``overwrite``, ``samples``, ``prior_name``, ``record``, ``read``, ``echo``);
         ``target`` and ``seed`` are set per item and must not be passed.
     :return: one :class:`ReconstructionResult` per input file, in input order.
     :raises FileFormatError: an input that matches nothing.

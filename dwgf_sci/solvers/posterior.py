@@ -175,20 +175,21 @@ class Posterior(Tensor):
         header: Any = None,
         index: int = 0,
         overwrite: bool = False,
-        with_samples: bool = True,
+        samples: int | None = None,
         provenance: dict[str, Any] | None = None,
     ) -> Path:
         """Write measurement ``index``: mean (primary HDU), ``STD`` and ``SAMPLES`` extensions.
 
         :param header: astropy Header of the input (WCS, BUNIT, ...), written back unchanged.
+        :param samples: how many samples to store (the first ones; ``None``: all, 0: none).
         :param provenance: more provenance fields, merged with :meth:`provenance`.
         :return: the path written.
         """
         from ..io import make_provenance, write_fits
 
         extra = {"STD": self.std[index]}
-        if with_samples:
-            extra["SAMPLES"] = self._samples[index]
+        if samples != 0:
+            extra["SAMPLES"] = self._samples[index][:samples]
         return write_fits(
             path,
             self.as_tensor()[index : index + 1],
@@ -203,16 +204,17 @@ class Posterior(Tensor):
         path: str | Path,
         index: int = 0,
         overwrite: bool = False,
-        with_samples: bool = True,
+        samples: int | None = None,
         attrs: dict[str, Any] | None = None,
         provenance: dict[str, Any] | None = None,
     ) -> Path:
-        """Write measurement ``index``: datasets ``mean``, ``std``, ``samples``, with provenance."""
+        """Write measurement ``index``: datasets ``mean``, ``std``, ``samples`` (the first
+        ``samples``; ``None``: all, 0: none), with provenance."""
         from ..io import make_provenance, write_hdf5
 
         data = {"mean": self.as_tensor()[index : index + 1], "std": self.std[index : index + 1]}
-        if with_samples:
-            data["samples"] = self._samples[index]
+        if samples != 0:
+            data["samples"] = self._samples[index][:samples]
         return write_hdf5(
             path,
             data,
