@@ -26,7 +26,8 @@ Scores: PSNR of the mean (truth's peak as range), reduced chi-square of the mean
 noise model with its limit, 90% coverage of the samples, and the seam ratio of the mean on the
 64-px grid (:func:`~dwgf_sci.metrics.seam_ratio`; the truth's figure beside it). ``--region``:
 a 128 x 128 region of the first test field, taken from the whole-field run and reconstructed
-alone with a margin of one PSF width. ``--cost SIZE ...``: time per megapixel and peak memory of
+alone with a margin of one PSF width, once per seed of ``--region-seeds`` (both runs
+with that seed). ``--cost SIZE ...``: time per megapixel and peak memory of
 one DWGF run per field size, each in its own process.
 
 Every record goes to ``runs.jsonl`` as it is made; a rerun skips what is there (resumes).
@@ -217,8 +218,10 @@ def run_fields(args: argparse.Namespace, log: Log) -> None:
             if method in args.methods and log.find(method=method, **key) is None:
                 log.add(score(run(prior, p, args), p, method=method, preset=args.preset, **key))
         print(f"{task} {i} done", flush=True)
-    if args.region and log.find(task=task, method="region") is None:
-        region(prior, args, log, task)
+    if args.region:
+        for seed in range(args.seed, args.seed + args.region_seeds):
+            if log.find(task=task, method="region", seed=seed) is None:
+                region(prior, argparse.Namespace(**{**vars(args), "seed": seed}), log, task)
 
 
 def region(prior: Any, args: argparse.Namespace, log: Log, task: str) -> None:
@@ -239,6 +242,7 @@ def region(prior: Any, args: argparse.Namespace, log: Log, task: str) -> None:
     truth = p["x"][..., r0 : r0 + side, r0 : r0 + side]
     inside = whole[..., r0 : r0 + side, r0 : r0 + side]
     rec = {"task": task, "method": "region", "index": 0, "margin": margin, "side": side}
+    rec["seed"] = args.seed
     log.add({**rec, "psnr_inside": psnr(inside, truth), "psnr_alone": psnr(alone, truth)})
 
 
@@ -317,14 +321,21 @@ def markdown(log: Log, args: argparse.Namespace) -> str:
             lines.append(
                 f"| {task} | {method} | {len(rows)} | " + " | ".join(text) + f" | {truth} |"
             )
-    for r in log.records:
-        if r["method"] == "region":
-            lines.append(
-                f"\nRegion ({r.get('side', 128)} px, {r['task']}, test field 0): inside the "
-                f"whole field {r['psnr_inside']:.2f} dB, alone with a {r['margin']} px margin "
-                f"{r['psnr_alone']:.2f} dB: difference "
-                f"{r['psnr_inside'] - r['psnr_alone']:+.2f} dB."
-            )
+    regions = [r for r in log.records if r["method"] == "region"]
+    for r in regions:
+        lines.append(
+            f"\nRegion ({r.get('side', 128)} px, {r['task']}, test field 0, seed "
+            f"{r.get('seed', 0)}): inside the whole field {r['psnr_inside']:.2f} dB, alone with "
+            f"a {r['margin']} px margin {r['psnr_alone']:.2f} dB: difference "
+            f"{r['psnr_inside'] - r['psnr_alone']:+.2f} dB."
+        )
+    if len(regions) > 1:
+        gaps = [r["psnr_inside"] - r["psnr_alone"] for r in regions]
+        sd = (sum((g - sum(gaps) / len(gaps)) ** 2 for g in gaps) / (len(gaps) - 1)) ** 0.5
+        lines.append(
+            f"\nRegion difference over {len(gaps)} seeds: mean {sum(gaps) / len(gaps):+.2f} dB, "
+            f"seed-to-seed standard deviation {sd:.2f} dB."
+        )
     cost = [r for r in log.records if r["method"] == "cost"]
     if cost:
         lines += ["", "| field side (px) | preset | s | s per Mpx | peak memory (GB) |"]
@@ -361,6 +372,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--region", action="store_true", help="the region-consistency check")
+    ap.add_argument("--region-seeds", type=int, default=1, help="seeds of the region check")
     ap.add_argument("--cost", type=int, nargs="*", default=[], help="field sides to time")
     ap.add_argument("--one-cost", type=int, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()

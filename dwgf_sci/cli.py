@@ -111,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument(
         "--dataset",
         default="galaxies",
-        help="galaxies, phantoms, an HDF5 file or a folder of FITS files",
+        help="galaxies, phantoms, fields (survey fields), an HDF5 file or a folder of FITS files",
     )
     _add_operator_options(sim, "psf")
     sim.add_argument("--n", type=int, default=1, help="number of items (default: 1)")

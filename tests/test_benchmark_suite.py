@@ -11,7 +11,7 @@ from PIL import Image
 
 from dwgf_sci.benchmark import imaging
 from dwgf_sci.benchmark.imaging import applies, run_benchmark, summary_markdown
-from dwgf_sci.benchmark.tasks import TASKS, get_task
+from dwgf_sci.benchmark.tasks import TASKS, WIDE_TASKS, get_task
 from dwgf_sci.cli import main
 from dwgf_sci.errors import ConfigError
 from dwgf_sci.priors.tiny import build_tiny_latent_prior
@@ -28,7 +28,7 @@ def test_tasks_are_reproducible_and_splits_differ(name):
     a = next(task.items("validation", 1))
     b = next(task.items("validation", 1))
     c = next(task.items("test", 1))
-    assert a.x.shape == (1, 1, 64, 64) and torch.isfinite(a.y).all()
+    assert a.x.shape == (1, 1, task.size, task.size) and torch.isfinite(a.y).all()
     assert torch.equal(a.x, b.x) and torch.equal(a.y, b.y)  # same truth, same noise
     assert not torch.equal(a.x, c.x)  # the test split is another set of objects
     with torch.no_grad():
@@ -45,6 +45,8 @@ def test_task_definitions_match_the_issue():
     assert TASKS["ct-20"].spec()["n_views"] == 20 and TASKS["ct-60"].spec()["n_views"] == 60
     assert TASKS["ct-limited-90"].spec()["angular_range"] == 90.0
     assert TASKS["galaxy-inpaint"].spec()["fraction"] == 0.3
+    assert TASKS["field-256"].spec()["noise"]["sky"] == 20.0 and TASKS["field-256"].size == 256
+    assert TASKS["ct-256-20"].spec()["n_views"] == 20 and TASKS["ct-256-20"].prior == "ct-patch-64"
     # 1% Gaussian noise relative to the noise-free peak
     item = next(TASKS["galaxy-deconv"].items("test", 1))
     with torch.no_grad():
@@ -191,3 +193,15 @@ def test_gpu_profile_script_runs_on_the_cpu_with_the_tiny_architecture():
         f"{m}_over_{b}": wall[m] / wall[b] for m in ("dwgf", "dwgf-fast") for b in ("psld", "dps")
     }
     assert rows[-1] == pytest.approx(expected)
+
+
+def test_wide_tasks_run_when_named_and_by_patches():
+    """The 256 px tasks are left out of the default run; their priors are patch priors."""
+    from dwgf_sci.benchmark.cli import _all_tasks
+    from dwgf_sci.priors import load_prior
+    from dwgf_sci.priors.patches import PatchPrior, as_patch_prior
+
+    assert set(WIDE_TASKS) == {"field-256", "ct-256-20"}
+    assert not set(_all_tasks()) & set(WIDE_TASKS) and len(_all_tasks()) == len(TASKS) - 2
+    for name in WIDE_TASKS:
+        assert isinstance(as_patch_prior(load_prior(TASKS[name].prior)), PatchPrior)

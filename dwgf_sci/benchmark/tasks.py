@@ -18,7 +18,16 @@ task                      problem
 ``ct-60``                 parallel-beam CT, 60 views over 180 degrees, 1% noise
 ``ct-limited-90``         limited-angle CT, 45 views over 90 degrees, 1% noise
 ``galaxy-inpaint``        30% bad pixels after the Moffat PSF, 1% noise
+``field-256``             256 px survey fields (:class:`~dwgf_sci.datasets.FieldDataset`), Moffat
+                          PSF FWHM 3 px, beta 3.5, Poisson photon noise (gain 1) on a sky of 20
+                          counts per pixel, sky-subtracted; the ``field-64`` patch prior
+``ct-256-20``             256 px phantoms, parallel-beam CT, 20 views, 1% noise; the
+                          ``ct-patch-64`` patch prior
 ========================  ========================================================================
+
+The two 256 px tasks (:data:`WIDE_TASKS`) use priors trained on 64 px crops, applied by patches
+(:class:`~dwgf_sci.priors.patches.PatchPrior`); they run when named, not by default (each of
+their problems costs minutes on a CPU).
 
 "1% noise" is a Gaussian standard deviation of 1% of each noise-free measurement's peak
 (``noise_scale="peak"``, as ``dwgf-sci simulate``); the absolute level used is in the physics and
@@ -39,7 +48,7 @@ from ..errors import ConfigError
 from ..operators import build_operator, physics_spec, resolve_spec
 from ..pipelines.simulate import item_spec, make_dataset
 
-__all__ = ["SPLIT_SEEDS", "TASKS", "Task", "TaskItem", "get_task"]
+__all__ = ["SPLIT_SEEDS", "TASKS", "WIDE_TASKS", "Task", "TaskItem", "get_task"]
 
 #: Data seeds of the splits (the shipped priors were trained on data seed 0).
 SPLIT_SEEDS = {"validation": 1001, "test": 2002}
@@ -129,8 +138,16 @@ TASKS: dict[str, Task] = {
         Task("ct-limited-90", "limited-angle CT, 90 degrees", "phantoms", _CT, "ct-limited"),
         Task("galaxy-inpaint", "galaxy inpainting, 30% bad pixels + PSF", "galaxies", _GAL,
              "inpaint-psf"),
+        Task("field-256", "256 px survey fields, Moffat 3 px, Poisson + sky 20", "fields",
+             "field-64", "psf", ("fwhm=3", "beta=3.5", "noise.type=poisson", "noise.gain=1.0",
+             "noise.sky=20.0"), "absolute", 256),
+        Task("ct-256-20", "256 px sparse-view CT, 20 views, patch prior", "phantoms",
+             "ct-patch-64", "ct-sparse", size=256),
     )
 }  # fmt: skip
+
+#: The tasks on images larger than their priors' (by patches): run when named.
+WIDE_TASKS = tuple(name for name, task in TASKS.items() if task.size > 64)
 
 
 def get_task(name: str) -> Task:

@@ -9,22 +9,31 @@ from typing import Any
 
 import torch
 
-from ..datasets import FitsFolderDataset, GalaxyDataset, HDF5Dataset, PhantomDataset
+from ..datasets import (
+    FieldDataset,
+    FitsFolderDataset,
+    GalaxyDataset,
+    HDF5Dataset,
+    PhantomDataset,
+)
 from ..errors import ConfigError
 from ..io.formats import file_format
 from ..io.measurement import Measurement, write_measurement
 from ..operators import build_operator, physics_spec
 
-DATASETS = ("galaxies", "phantoms")
+DATASETS = ("galaxies", "phantoms", "fields")
 NOISE_SCALES = ("peak", "absolute")
 
 
 def make_dataset(name: str, n: int, size: int, seed: int) -> torch.utils.data.Dataset:
-    """``galaxies`` / ``phantoms`` (simulated), or an HDF5 file / FITS folder of images."""
+    """``galaxies`` / ``phantoms`` / ``fields`` (simulated survey fields), or an HDF5 file /
+    FITS folder of images."""
     if name == "galaxies":
         return GalaxyDataset(n, size=size, seed=seed)
     if name == "phantoms":
         return PhantomDataset(n, size=size, seed=seed)
+    if name == "fields":
+        return FieldDataset(n, size=size, seed=seed)
     path = Path(name)
     if path.is_dir() or "*" in name:
         return FitsFolderDataset(name)
