@@ -85,10 +85,11 @@ def main() -> None:
     times = ", ".join(f"{v:.1f} min at {k} TFLOP/s" for k, v in doc["minutes_at"].items())
     md = f"""# SD-size estimate of a 2048 x 2048 wide-field reconstruction (operation counts)
 
-`{doc["command"]}` ({doc["date"]}). Network passes counted on {doc["counted_on"]}: {steps} steps,
-{n} particles. An SD-1.5 patch prior (512 px patches, latent factor 8) on a 2048 px image has the
-same geometry in patch units (4 patches per side, same shifts, same autoencoder tile starts), so
-the passes per particle and step carry over; the FLOPs per pass are SD-1.5's at 512 px
+`{doc["command"]}` ({doc["date"]}). Network passes counted on {doc["counted_on"]}:
+{steps} steps (the levels and the final decoder-error step), {n} particles. An SD-1.5 patch
+prior (512 px patches, latent factor 8) on a 2048 px image has the same geometry in patch units
+(4 patches per side, same shifts, same autoencoder tile starts), so the passes per particle and
+step carry over; the FLOPs per pass are SD-1.5's at 512 px
 (`benchmarks/results/sd_flops_estimate.json`).
 
 | network | passes | per particle and step | SD-1.5 TFLOP per pass | TFLOP per particle, step |
