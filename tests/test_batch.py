@@ -559,3 +559,13 @@ def test_a_poor_data_fit_is_flagged_on_the_item_line(tmp_path, obs_dir, prior_di
     assert "retried=1" in capsys.readouterr().out
     metrics = read_provenance(next((tmp_path / "fast").glob("*.fits")))["metrics"]
     assert metrics["retried"] == 1
+
+
+def test_first_samples_refuses_a_negative_count():
+    from dwgf_sci.solvers.posterior import first_samples
+
+    x = torch.arange(5.0)
+    assert torch.equal(first_samples(x, None), x) and first_samples(x, 0).numel() == 0
+    assert torch.equal(first_samples(x, 2), x[:2])
+    with pytest.raises(ConfigError, match="must be >= 0"):
+        first_samples(x, -1)

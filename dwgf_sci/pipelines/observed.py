@@ -26,7 +26,7 @@ from ..operators.noise import noise_sigma
 from ..operators.pixel_noise import PixelNoise
 from ..solvers.base import LatentSolver
 from ..solvers.likelihood import DataTerm
-from ..solvers.posterior import Posterior
+from ..solvers.posterior import Posterior, first_samples
 
 __all__ = [
     "announce",
@@ -172,7 +172,7 @@ def write_posterior(
     mean = _finite("mean", post.as_tensor()[0:1])
     data = {"std": _finite("std", post.std[0:1])}
     if samples != 0:
-        data["samples"] = _finite("samples", post.all_samples[0][:samples])
+        data["samples"] = _finite("samples", first_samples(post.all_samples[0], samples))
     data.update({"mask": mask, "variance": variance})
     provenance = make_provenance(**post.provenance(), **record)
     if file_format(target) == "fits":

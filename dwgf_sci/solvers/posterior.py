@@ -14,6 +14,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..errors import ConfigError
+
 
 class _CallableView(Tensor):
     """A plain tensor that can also be called like the :class:`~torch.Tensor` method it shadows.
@@ -37,6 +39,18 @@ def _view(data: Tensor, method: str, owner: Tensor) -> Tensor:
     view._method = method
     view._owner = owner
     return view
+
+
+def first_samples(samples: Tensor, n: int | None) -> Tensor:
+    """The first ``n`` of ``samples`` ``(N, ...)`` (``None``: all), the samples an output stores.
+
+    :raises ConfigError: ``n`` < 0.
+    """
+    if n is None:
+        return samples
+    if int(n) < 0:
+        raise ConfigError(f"samples must be >= 0 (or None: all), found {n}")
+    return samples[: int(n)]
 
 
 class Posterior(Tensor):
@@ -189,7 +203,7 @@ class Posterior(Tensor):
 
         extra = {"STD": self.std[index]}
         if samples != 0:
-            extra["SAMPLES"] = self._samples[index][:samples]
+            extra["SAMPLES"] = first_samples(self._samples[index], samples)
         return write_fits(
             path,
             self.as_tensor()[index : index + 1],
@@ -214,7 +228,7 @@ class Posterior(Tensor):
 
         data = {"mean": self.as_tensor()[index : index + 1], "std": self.std[index : index + 1]}
         if samples != 0:
-            data["samples"] = self._samples[index][:samples]
+            data["samples"] = first_samples(self._samples[index], samples)
         return write_hdf5(
             path,
             data,
