@@ -24,7 +24,7 @@ from ..operators import build_operator
 from ..operators.specs import canonical_spec
 from ..solvers.base import LatentSolver
 from ..solvers.likelihood import DataTerm, chi2_limit
-from ..solvers.posterior import Posterior
+from ..solvers.posterior import Posterior, check_sample_count
 from .observed import (
     announce,
     check_noise_level,
@@ -166,8 +166,7 @@ def reconstruct_file(
     :param write: write the output (``False``: a process that helps another one compute the
         same reconstruction, ``reconstruct --share-patches``; the checks are made all the same).
     """
-    if samples is not None and int(samples) < 0:
-        raise ConfigError(f"samples must be >= 0 (or None: all), found {samples}")
+    check_sample_count(samples)  # before any work
     path = Path(path)
     out_dir = Path(out_dir)
     measurement = read_measurement(path, options=read)

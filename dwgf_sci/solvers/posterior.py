@@ -41,16 +41,22 @@ def _view(data: Tensor, method: str, owner: Tensor) -> Tensor:
     return view
 
 
+def check_sample_count(n: int | None) -> None:
+    """Refuse a negative count of samples to store (``None``: all, 0: none).
+
+    :raises ConfigError: ``n`` < 0.
+    """
+    if n is not None and int(n) < 0:
+        raise ConfigError(f"samples must be >= 0 (or None: all), found {n}")
+
+
 def first_samples(samples: Tensor, n: int | None) -> Tensor:
     """The first ``n`` of ``samples`` ``(N, ...)`` (``None``: all), the samples an output stores.
 
     :raises ConfigError: ``n`` < 0.
     """
-    if n is None:
-        return samples
-    if int(n) < 0:
-        raise ConfigError(f"samples must be >= 0 (or None: all), found {n}")
-    return samples[: int(n)]
+    check_sample_count(n)
+    return samples if n is None else samples[: int(n)]
 
 
 class Posterior(Tensor):
